@@ -1,0 +1,95 @@
+"""tapeagents: build, debug and improve LLM agents around tapes.
+
+A tape is the typed, append-only record of one agent session and also its resumable state.
+"""
+
+from tapeagents.agent import Agent, LLMNode, Node
+from tapeagents.core import (
+    Action,
+    AssistantMessage,
+    Call,
+    Error,
+    ErrorObservation,
+    FinalAnswer,
+    LLMFailure,
+    NodeFailure,
+    Observation,
+    ParsingFailure,
+    Reasoning,
+    Respond,
+    SetNextNode,
+    Step,
+    StepMetadata,
+    StopStep,
+    Tape,
+    TapeMetadata,
+    Thought,
+    ToolCall,
+    ToolResult,
+    UnknownStep,
+    UserMessage,
+)
+from tapeagents.environment import Environment, ToolEnvironment
+from tapeagents.errors import (
+    ContextWindowExceeded,
+    LLMError,
+    ReplayMismatch,
+    StoreError,
+    TapeAgentsError,
+    UsageError,
+)
+from tapeagents.orchestrator import (
+    EnvironmentReacted,
+    Finished,
+    LLMCallMade,
+    StepAppended,
+    TextStreamed,
+    run,
+    run_sync,
+)
+
+__version__ = "0.2.0.dev0"
+
+__all__ = [
+    "Action",
+    "Agent",
+    "AssistantMessage",
+    "Call",
+    "ContextWindowExceeded",
+    "Environment",
+    "EnvironmentReacted",
+    "Error",
+    "ErrorObservation",
+    "FinalAnswer",
+    "Finished",
+    "LLMCallMade",
+    "LLMError",
+    "LLMFailure",
+    "LLMNode",
+    "Node",
+    "NodeFailure",
+    "Observation",
+    "ParsingFailure",
+    "Reasoning",
+    "ReplayMismatch",
+    "Respond",
+    "SetNextNode",
+    "Step",
+    "StepAppended",
+    "StepMetadata",
+    "StopStep",
+    "StoreError",
+    "Tape",
+    "TapeAgentsError",
+    "TapeMetadata",
+    "TextStreamed",
+    "Thought",
+    "ToolCall",
+    "ToolEnvironment",
+    "ToolResult",
+    "UnknownStep",
+    "UsageError",
+    "UserMessage",
+    "run",
+    "run_sync",
+]

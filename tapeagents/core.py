@@ -1,0 +1,431 @@
+"""Tapes and steps: the typed, append-only record of an agent session.
+
+A `Tape` is a list of `Step`s plus an id, lineage (parent and fork index), a context and
+metadata. Steps come in five families: `Thought` (the agent reasons), `Action` (the agent asks
+the world to do something), `Observation` (the world answers), `StopStep` (the agent is done)
+and `Error` (something went wrong and the tape says what). Concrete step types declare a
+`kind: Literal[...]`; every concrete kind is registered on class creation and tapes load steps
+through that registry only, so a tape file can never import arbitrary code. A step whose kind
+is not registered (written by an older or newer program) loads as `UnknownStep`, which keeps
+its data and writes it back unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any, ClassVar, Generic, Literal, TypeVar
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SerializeAsAny,
+    ValidationError,
+    field_validator,
+    model_serializer,
+)
+
+from tapeagents.errors import UsageError
+
+__all__ = [
+    "Action",
+    "AssistantMessage",
+    "Call",
+    "Error",
+    "ErrorObservation",
+    "FinalAnswer",
+    "LLMFailure",
+    "NodeFailure",
+    "Observation",
+    "ParsingFailure",
+    "Reasoning",
+    "Respond",
+    "SetNextNode",
+    "Step",
+    "StepMetadata",
+    "StopStep",
+    "Tape",
+    "TapeMetadata",
+    "Thought",
+    "ToolCall",
+    "ToolResult",
+    "UnknownStep",
+    "UserMessage",
+    "load_step",
+    "new_id",
+    "step_kinds",
+]
+
+
+def new_id() -> str:
+    """A fresh random id (32 hex characters)."""
+    return uuid.uuid4().hex
+
+
+class StepMetadata(BaseModel):
+    """Where a step came from. Mutable, unlike the step itself, so the runner can stamp it."""
+
+    id: str = Field(default_factory=new_id)
+    """Unique id of the step; observations point at their action through it."""
+    agent: str = ""
+    """Path of the agent that produced the step (`root/sub`), empty for the environment or user."""
+    node: str = ""
+    """Name of the node that produced the step."""
+    llm_call_id: str | None = None
+    """Id of the `LLMCall` whose output this step was parsed from."""
+    created_at: float = Field(default_factory=time.time)
+    """Creation time, seconds since the epoch."""
+    extra: dict[str, Any] = Field(default_factory=dict)
+    """Free-form data (for example the tool-call id the model gave this step)."""
+
+
+_REGISTRY: dict[str, type[Step]] = {}
+
+
+class Step(BaseModel):
+    """One entry on a tape. Subclass a family (`Thought`, `Action`, ...) and set `kind`."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    kind: str
+    """Discriminator that names the step type in JSON."""
+    metadata: StepMetadata = Field(default_factory=StepMetadata)
+    """Provenance; excluded from what the model sees."""
+
+    @classmethod
+    def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
+        super().__pydantic_init_subclass__(**kwargs)
+        default = cls.model_fields["kind"].default
+        if not isinstance(default, str):
+            return  # an abstract family, not a concrete kind
+        known = _REGISTRY.get(default)
+        if known is not None and known.__qualname__ != cls.__qualname__:
+            raise UsageError(
+                f"Step kind {default!r} is already used by {known.__module__}.{known.__qualname__};"
+                f" give {cls.__qualname__} another kind."
+            )
+        _REGISTRY[default] = cls
+
+    def llm_dict(self) -> dict[str, Any]:
+        """The step's own fields, without `kind` and `metadata`: what a model reads or writes."""
+        return self.model_dump(exclude={"kind", "metadata"})
+
+    def llm_text(self) -> str:
+        """The step as text for a prompt; a single string field is shown bare."""
+        data = self.llm_dict()
+        if len(data) == 1:
+            (value,) = data.values()
+            if isinstance(value, str):
+                return value
+        return json.dumps(data, ensure_ascii=False)
+
+
+def step_kinds() -> dict[str, type[Step]]:
+    """All registered step kinds and their classes."""
+    return dict(_REGISTRY)
+
+
+class UnknownStep(Step):
+    """A step whose kind this program does not know. Keeps its JSON and writes it back as is."""
+
+    model_config = ConfigDict(frozen=True, extra="allow")
+    _raw: dict[str, Any] = PrivateAttr(default_factory=dict)
+
+    @model_serializer(mode="wrap")
+    def _write_back_unchanged(self, handler: Any) -> dict[str, Any]:
+        return self._raw if self._raw else handler(self)
+
+
+def load_step(data: dict[str, Any] | Step) -> Step:
+    """Build a step from its JSON data through the kind registry (never through imports)."""
+    if isinstance(data, Step):
+        return data
+    if not isinstance(data, dict) or not isinstance(data.get("kind"), str):
+        raise UsageError(f"A step must be a JSON object with a string 'kind', got: {data!r:.200}")
+    cls = _REGISTRY.get(data["kind"])
+    if cls is None:
+        return _unknown(data)
+    return cls.model_validate(data)
+
+
+def _unknown(data: dict[str, Any]) -> UnknownStep:
+    metadata = data.get("metadata")
+    try:
+        meta = StepMetadata.model_validate(metadata) if isinstance(metadata, dict) else None
+    except ValidationError:
+        meta = None
+    fields = {k: v for k, v in data.items() if k not in ("kind", "metadata")}
+    step = UnknownStep(kind=data["kind"], metadata=meta or StepMetadata(), **fields)
+    step._raw = data
+    return step
+
+
+# ----------------------------------------------------------------------------- families
+
+
+class Thought(Step):
+    """The agent's reasoning or bookkeeping; the environment ignores it."""
+
+
+class Action(Step):
+    """A request to the outside world; the environment answers with exactly one observation."""
+
+    awaits_input: ClassVar[bool] = False
+    """True when the answer comes from outside the environment (the user), not from it."""
+
+
+class Observation(Step):
+    """What the world answered or reported."""
+
+    action_id: str | None = None
+    """Metadata id of the action this observation answers; None for unprompted input."""
+
+    def llm_dict(self) -> dict[str, Any]:
+        return self.model_dump(exclude={"kind", "metadata", "action_id"})
+
+
+class StopStep(Step):
+    """The agent is finished with the tape."""
+
+
+class Error(Step):
+    """Something failed; the tape records what, so nothing is lost."""
+
+    error: str
+    """What went wrong, in words a developer can act on."""
+
+
+# ----------------------------------------------------------------------------- built-in kinds
+
+
+class UserMessage(Observation):
+    """A message from the user."""
+
+    kind: Literal["user"] = "user"
+    content: str
+
+
+class AssistantMessage(Action):
+    """A message from the agent to the user; the run waits for the user's reply."""
+
+    kind: Literal["assistant"] = "assistant"
+    awaits_input: ClassVar[bool] = True
+    content: str
+    """The text shown to the user."""
+
+
+class Reasoning(Thought):
+    """Free-text reasoning."""
+
+    kind: Literal["reasoning"] = "reasoning"
+    text: str
+    """The reasoning."""
+
+
+class SetNextNode(Thought):
+    """Names the node of this agent that acts next (otherwise nodes run in order)."""
+
+    kind: Literal["set_next_node"] = "set_next_node"
+    next_node: str
+
+
+class Call(Thought):
+    """The current agent hands the tape to one of its subagents with a request."""
+
+    kind: Literal["call"] = "call"
+    agent_name: str
+    content: str = ""
+
+
+class Respond(Thought):
+    """A subagent hands the tape back to the agent that called it, with its answer."""
+
+    kind: Literal["respond"] = "respond"
+    content: str
+
+
+class ToolCall(Action):
+    """A call of a tool that the environment provides."""
+
+    kind: Literal["tool_call"] = "tool_call"
+    name: str
+    """The tool's name."""
+    arguments: dict[str, Any] = Field(default_factory=dict)
+    """Arguments by parameter name."""
+    call_id: str = Field(default_factory=lambda: "call_" + new_id()[:24])
+    """The id the model gave this call; tool results quote it."""
+
+
+class ToolResult(Observation):
+    """What a tool returned, or the error it raised."""
+
+    kind: Literal["tool_result"] = "tool_result"
+    name: str
+    call_id: str
+    content: str
+    """The result as text (JSON for structured results)."""
+    error: str | None = None
+    """Set when the tool raised or its arguments were invalid."""
+
+
+class ErrorObservation(Observation):
+    """The environment could not perform an action (unknown action, crash, interruption)."""
+
+    kind: Literal["error_observation"] = "error_observation"
+    error: str
+
+
+class FinalAnswer(StopStep):
+    """The agent's final answer; ends the run."""
+
+    kind: Literal["final_answer"] = "final_answer"
+    answer: str
+
+
+class ParsingFailure(Error):
+    """The model's output could not be turned into steps; its raw text is kept."""
+
+    kind: Literal["parsing_failure"] = "parsing_failure"
+    raw_output: str
+    """Exactly what the model produced (text and tool calls as JSON)."""
+
+
+class LLMFailure(Error):
+    """The model backend failed (after its retries) or the prompt did not fit."""
+
+    kind: Literal["llm_failure"] = "llm_failure"
+
+
+class NodeFailure(Error):
+    """A node raised an exception; the run stops and re-raises it."""
+
+    kind: Literal["node_failure"] = "node_failure"
+
+
+# ----------------------------------------------------------------------------- tapes
+
+
+class TapeMetadata(BaseModel):
+    """Outcome and labels of a tape."""
+
+    result: Any = None
+    """What the session produced (for example the final answer or a reward)."""
+    error: str | None = None
+    """Why the session failed, if it did."""
+    tags: list[str] = Field(default_factory=list)
+    extra: dict[str, Any] = Field(default_factory=dict)
+
+
+ContextT = TypeVar("ContextT")
+StepT = TypeVar("StepT", bound=Step)
+
+
+class Tape(BaseModel, Generic[ContextT, StepT]):
+    """The record and the state of one agent session.
+
+    Append with `append` (O(1), in place). Steps are immutable; `fork` makes a child tape that
+    shares a prefix of the steps. `Tape.model_validate_json` / `model_dump_json` round-trip
+    exactly.
+
+    Example:
+        >>> tape = Tape(steps=[UserMessage(content="hi")])
+        >>> tape.append(AssistantMessage(content="hello"))
+        >>> [step.kind for step in tape]
+        ['user', 'assistant']
+    """
+
+    id: str = Field(default_factory=new_id)
+    parent_id: str | None = None
+    """The tape this one was forked from."""
+    fork_index: int | None = None
+    """How many of the parent's steps this tape starts with."""
+    author: str | None = None
+    """Who made the tape: an agent's name, or a person who edited it."""
+    context: ContextT | None = None
+    """Task data the agent reads (a question, a form, a web task)."""
+    metadata: TapeMetadata = Field(default_factory=TapeMetadata)
+    steps: list[SerializeAsAny[StepT]] = Field(default_factory=list)
+
+    @field_validator("steps", mode="before")
+    @classmethod
+    def _load_steps(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            return [load_step(item) if isinstance(item, dict) else item for item in value]
+        return value
+
+    def append(self, step: StepT) -> None:
+        """Add a step at the end, in place."""
+        self.steps.append(step)
+
+    def extend(self, steps: Iterable[StepT]) -> None:
+        """Add several steps at the end, in place."""
+        self.steps.extend(steps)
+
+    def __len__(self) -> int:
+        return len(self.steps)
+
+    def __iter__(self) -> Iterator[StepT]:  # type: ignore[override]
+        return iter(self.steps)
+
+    def __getitem__(self, index: int) -> StepT:
+        return self.steps[index]
+
+    @property
+    def last(self) -> StepT | None:
+        """The last step, or None for an empty tape."""
+        return self.steps[-1] if self.steps else None
+
+    def fork(self, at: int | None = None, *, author: str | None = None) -> Tape[ContextT, StepT]:
+        """A child tape with this tape's first `at` steps (all by default) and a new id."""
+        n = len(self.steps) if at is None else at
+        if not 0 <= n <= len(self.steps):
+            raise UsageError(f"Cannot fork at step {n}: the tape has {len(self.steps)} steps.")
+        return self.model_copy(
+            update={
+                "id": new_id(),
+                "parent_id": self.id,
+                "fork_index": n,
+                "author": author or self.author,
+                "metadata": TapeMetadata(tags=list(self.metadata.tags)),
+                "steps": self.steps[:n],
+            }
+        )
+
+    def pending_actions(self) -> list[Action]:
+        """Actions of the last agent turn that have no observation yet, oldest first.
+
+        An observation answers the action whose id it names; an observation that names none (a
+        user message) answers the `awaits_input` actions before it. Only the last turn is
+        scanned, so the cost does not grow with the tape.
+        """
+        answered: set[str] = set()
+        input_seen = False
+        seen_agent_step = False
+        pending: list[Action] = []
+        for step in reversed(self.steps):
+            if isinstance(step, Observation):
+                if seen_agent_step:
+                    break
+                if step.action_id is None:
+                    input_seen = True
+                else:
+                    answered.add(step.action_id)
+            else:
+                seen_agent_step = True
+                if isinstance(step, Action) and step.metadata.id not in answered:
+                    if not (step.awaits_input and input_seen):
+                        pending.append(step)
+        pending.reverse()
+        return pending
+
+    def kinds(self) -> list[str]:
+        """The kinds of all steps, in order (handy in tests and logs)."""
+        return [step.kind for step in self.steps]
+
+    def steps_of(self, *types: type[Step]) -> Sequence[Step]:
+        """The steps that are instances of any of `types`."""
+        return [step for step in self.steps if isinstance(step, types)]

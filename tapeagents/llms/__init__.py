@@ -1,0 +1,120 @@
+"""LLM backends and the records of their calls.
+
+Pick a backend by class, or by a model string with `resolve_llm`:
+
+- `"litellm:<model>"`: any model litellm knows (hosted or self-hosted);
+- `"local:<model>"` or `"local"`: transformers on this machine, SmolLM2-135M-Instruct by default;
+- `"scripted"`: a `ScriptedLLM` that answers "OK" (tests).
+
+Other packages add prefixes through the `tapeagents.llms` entry-point group: each entry point
+names a callable that takes the text after the prefix and returns an `LLM`.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable
+from importlib.metadata import entry_points
+from typing import TYPE_CHECKING, Any
+
+from tapeagents.errors import UsageError
+from tapeagents.llms.base import (
+    LLM,
+    LLMCall,
+    LLMOutput,
+    Prompt,
+    TextDelta,
+    TokenLogprob,
+    ToolCallRequest,
+    Usage,
+)
+from tapeagents.llms.cache import CachedLLM
+from tapeagents.llms.replay import ReplayLLM
+from tapeagents.llms.scripted import ScriptedLLM, tool_call
+
+if TYPE_CHECKING:
+    from tapeagents.llms.litellm import LiteLLM
+    from tapeagents.llms.local import LocalLLM
+
+__all__ = [
+    "LLM",
+    "CachedLLM",
+    "LLMCall",
+    "LLMOutput",
+    "LiteLLM",
+    "LocalLLM",
+    "Prompt",
+    "ReplayLLM",
+    "ScriptedLLM",
+    "TextDelta",
+    "TokenLogprob",
+    "ToolCallRequest",
+    "Usage",
+    "resolve_llm",
+    "tool_call",
+]
+
+
+def __getattr__(name: str) -> Any:
+    # The heavy backends' modules are cheap, but keep them out of `import tapeagents` entirely.
+    if name == "LiteLLM":
+        from tapeagents.llms.litellm import LiteLLM
+
+        return LiteLLM
+    if name == "LocalLLM":
+        from tapeagents.llms.local import LocalLLM
+
+        return LocalLLM
+    raise AttributeError(f"module 'tapeagents.llms' has no attribute {name!r}")
+
+
+def _litellm(model: str) -> LLM:
+    if not model:
+        raise UsageError("Name the litellm model after the prefix, e.g. 'litellm:gpt-4o-mini'.")
+    from tapeagents.llms.litellm import LiteLLM
+
+    return LiteLLM(model)
+
+
+def _local(model: str) -> LLM:
+    from tapeagents.llms.local import LocalLLM
+
+    return LocalLLM(model) if model else LocalLLM()
+
+
+def _scripted(model: str) -> LLM:
+    return ScriptedLLM.from_parameters(model or "scripted")
+
+
+_BUILTIN: dict[str, Callable[[str], LLM]] = {
+    "litellm": _litellm,
+    "local": _local,
+    "scripted": _scripted,
+}
+_plugins: dict[str, Callable[[str], LLM]] | None = None
+
+
+def _factories() -> dict[str, Callable[[str], LLM]]:
+    global _plugins
+    if _plugins is None:
+        _plugins = {ep.name: ep.load for ep in entry_points(group="tapeagents.llms")}  # type: ignore[misc]
+    return {**_plugins, **_BUILTIN}
+
+
+def resolve_llm(spec: str | LLM) -> LLM:
+    """Turn a model string such as `"litellm:gpt-4o-mini"` into an `LLM` (an LLM passes through)."""
+    if isinstance(spec, LLM):
+        return spec
+    prefix, _, model = spec.partition(":")
+    factories = _factories()
+    factory = factories.get(prefix)
+    if factory is None:
+        close = difflib.get_close_matches(prefix, factories, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise UsageError(
+            f"Unknown model prefix {prefix!r} in {spec!r}.{hint} "
+            f"Known prefixes: {', '.join(sorted(factories))} (write 'prefix:model')."
+        )
+    if prefix in _BUILTIN:
+        return factory(model)
+    return factory()(model)  # an entry point: load it, then build

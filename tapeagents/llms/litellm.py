@@ -1,0 +1,368 @@
+"""`LiteLLM`: any hosted or self-hosted chat model that litellm can reach.
+
+litellm is an optional dependency and slow to import (seconds), so it is imported on the
+first request, once, and never by `import tapeagents`. Retries are done here, not by litellm,
+so that their policy (which errors, how long to wait) is ours and visible.
+
+Testing: keyword arguments whose names start with `mock_` (litellm's `mock_response`,
+`mock_tool_calls`, ...) are passed to litellm on every request but are not recorded in
+`parameters`, so a mocked backend produces the same request ids as the real one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import threading
+from collections.abc import AsyncIterator
+from types import ModuleType
+from typing import Any
+
+from tapeagents.errors import ContextWindowExceeded, LLMError, UsageError
+from tapeagents.llms.base import (
+    LLM,
+    LLMOutput,
+    Prompt,
+    TextDelta,
+    TokenLogprob,
+    ToolCallRequest,
+    Usage,
+)
+
+__all__ = ["LiteLLM"]
+
+_litellm: ModuleType | None = None
+_import_lock = threading.Lock()
+
+_TRANSIENT_NAMES = (
+    "RateLimitError",
+    "APIConnectionError",
+    "Timeout",
+    "ServiceUnavailableError",
+    "InternalServerError",
+    "BadGatewayError",
+)
+"""litellm exceptions worth retrying; anything else (auth, bad request, ...) fails at once."""
+
+_RESERVED = frozenset({"model", "messages", "tools", "stream", "stream_options", "num_retries"})
+_SECRET_MARKERS = ("key", "secret", "password", "credential", "auth", "headers")
+_MAX_DELAY = 30.0
+
+
+def _import_litellm() -> ModuleType:
+    """Import litellm once (thread safe), quietly and without fetching its price list online."""
+    global _litellm
+    if _litellm is not None:
+        return _litellm
+    with _import_lock:
+        if _litellm is None:
+            # Use the cost map bundled with litellm instead of downloading it at import.
+            os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+            try:
+                import litellm
+            except ImportError as e:
+                raise UsageError(
+                    f"LiteLLM needs the litellm package ({e}). "
+                    "Install it with: pip install 'tapeagents[litellm]'"
+                ) from e
+            litellm.suppress_debug_info = True
+            for name in ("LiteLLM", "LiteLLM Router", "LiteLLM Proxy"):
+                logging.getLogger(name).setLevel(logging.WARNING)
+            _litellm = litellm
+    return _litellm
+
+
+class _Secret:
+    """Holds a credential so that it never shows up in reprs, logs or parameters."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def __repr__(self) -> str:
+        return "'***'"
+
+
+def _is_secret(name: str) -> bool:
+    lowered = name.lower()
+    return any(m in lowered for m in _SECRET_MARKERS) or lowered == "token" or lowered.endswith("_token")
+
+
+def _get(obj: Any, name: str, default: Any = None) -> Any:
+    """Attribute or key access: litellm hands back both objects and plain dicts."""
+    if obj is None:
+        return default
+    if isinstance(obj, dict):
+        return obj.get(name, default)
+    return getattr(obj, name, default)
+
+
+def _response_format(value: dict[str, Any]) -> dict[str, Any]:
+    """Pass OpenAI `response_format` dicts through; wrap a bare JSON schema into one."""
+    if value.get("type") in ("json_schema", "json_object", "text"):
+        return value
+    return {"type": "json_schema", "json_schema": {"name": "response", "schema": value}}
+
+
+def _logprobs(raw: Any) -> list[TokenLogprob]:
+    return [
+        TokenLogprob(token=_get(item, "token", ""), logprob=float(_get(item, "logprob", 0.0)))
+        for item in (_get(raw, "content") or [])
+    ]
+
+
+def _usage(raw: Any) -> Usage:
+    return Usage(
+        prompt_tokens=_get(raw, "prompt_tokens") or 0,
+        completion_tokens=_get(raw, "completion_tokens") or 0,
+    )
+
+
+class LiteLLM(LLM):
+    """A chat model called through litellm (`"gpt-4o-mini"`, `"anthropic/..."`, `"ollama/..."`).
+
+    `parameters` (recorded with every call and part of its id) holds what changes the answer:
+    `temperature`, `max_tokens` and extra keyword arguments such as `top_p` or `logprobs`.
+    Transport settings (`timeout`, retries, `api_base`) are not recorded; neither are
+    credentials (`api_key`, or extra arguments that look like one) nor `mock_*` arguments.
+
+    Transient failures (rate limits, timeouts, connection and 5xx errors) are retried
+    `max_retries` times with exponential backoff starting at `backoff` seconds.
+
+    Example:
+        >>> llm = LiteLLM("gpt-4o-mini", temperature=0.0)
+    """
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        temperature: float | None = None,
+        max_tokens: int | None = None,
+        max_retries: int = 4,
+        backoff: float = 0.5,
+        timeout: float | None = 60,
+        api_base: str | None = None,
+        api_key: str | None = None,
+        **extra: Any,
+    ) -> None:
+        reserved = sorted(_RESERVED.intersection(extra))
+        if reserved:
+            raise UsageError(
+                f"LiteLLM sets {', '.join(reserved)} itself; remove them from the arguments "
+                "(use max_retries= for retries, and LLM.stream for streaming)."
+            )
+        if max_retries < 0 or backoff < 0:
+            raise UsageError("LiteLLM needs max_retries >= 0 and backoff >= 0.")
+        params: dict[str, Any] = {}
+        if temperature is not None:
+            params["temperature"] = temperature
+        if max_tokens is not None:
+            params["max_tokens"] = max_tokens
+        self._hidden: dict[str, Any] = {}
+        """Passed to litellm but not recorded: `mock_*` test arguments and credentials."""
+        for name, value in extra.items():
+            if name.startswith("mock_"):
+                self._hidden[name] = value
+            elif _is_secret(name):
+                self._hidden[name] = _Secret(value)
+            else:
+                params[name] = value
+        super().__init__(model, **params)
+        self.max_retries = max_retries
+        self.backoff = backoff
+        self.timeout = timeout
+        self.api_base = api_base
+        self._api_key = _Secret(api_key)
+        self.retries_total = 0
+        """Retries made by this backend since it was created, over all requests."""
+        self._retries_lock = threading.Lock()
+
+    def _kwargs(self, prompt: Prompt) -> dict[str, Any]:
+        """Keyword arguments for `litellm.acompletion`."""
+        kwargs: dict[str, Any] = {
+            "model": self.model,
+            "messages": prompt.messages,
+            **self.parameters,
+            "num_retries": 0,  # we retry ourselves
+            "timeout": self.timeout,
+        }
+        if prompt.tools is not None:
+            kwargs["tools"] = prompt.tools
+        if prompt.response_format:
+            kwargs["response_format"] = _response_format(prompt.response_format)
+        if self.api_base is not None:
+            kwargs["api_base"] = self.api_base
+        if self._api_key.value is not None:
+            kwargs["api_key"] = self._api_key.value
+        for name, value in self._hidden.items():
+            kwargs[name] = value.value if isinstance(value, _Secret) else value
+        return kwargs
+
+    async def generate(self, prompt: Prompt) -> LLMOutput:
+        litellm = _import_litellm()
+        kwargs = self._kwargs(prompt)
+        attempt = 0
+        while True:
+            try:
+                response = await litellm.acompletion(**kwargs)
+                break
+            except Exception as e:
+                attempt = await self._handle_error(litellm, e, attempt)
+        return self._output(litellm, response)
+
+    async def stream(self, prompt: Prompt) -> AsyncIterator[TextDelta | LLMOutput]:
+        """Yield text as it arrives, then the complete output (tool calls and usage included).
+
+        A transient failure is retried only before the first text was yielded.
+        """
+        litellm = _import_litellm()
+        kwargs = self._kwargs(prompt)
+        kwargs.update(stream=True, stream_options={"include_usage": True})
+        want_logprobs = bool(self.parameters.get("logprobs"))
+        attempt = 0
+        while True:
+            content: list[str] = []
+            calls: dict[int, dict[str, Any]] = {}
+            logprobs: list[TokenLogprob] = []
+            usage: Any = None
+            try:
+                response = await litellm.acompletion(**kwargs)
+                async for chunk in response:
+                    if _get(chunk, "usage") is not None:
+                        usage = chunk.usage
+                    choices = _get(chunk, "choices") or []
+                    if not choices:
+                        continue
+                    choice = choices[0]
+                    if want_logprobs:
+                        logprobs.extend(_logprobs(_get(choice, "logprobs")))
+                    delta = _get(choice, "delta")
+                    text = _get(delta, "content")
+                    if text:
+                        content.append(text)
+                        yield TextDelta(text=text)
+                    for position, call in enumerate(_get(delta, "tool_calls") or []):
+                        index = _get(call, "index")
+                        acc = calls.setdefault(
+                            position if index is None else index,
+                            {"id": "", "name": "", "arguments": ""},
+                        )
+                        function = _get(call, "function")
+                        acc["id"] = _get(call, "id") or acc["id"]
+                        acc["name"] = _get(function, "name") or acc["name"]
+                        acc["arguments"] += _get(function, "arguments") or ""
+                break
+            except Exception as e:
+                if content:  # text already went out: a retry would repeat it
+                    raise self._error(litellm, e, attempt) from e
+                attempt = await self._handle_error(litellm, e, attempt)
+        output_usage = _usage(usage)
+        yield LLMOutput(
+            content="".join(content) if content or not calls else None,
+            tool_calls=[ToolCallRequest(**calls[i]) for i in sorted(calls)],
+            usage=output_usage,
+            logprobs=logprobs if want_logprobs and logprobs else None,
+            cost=self._stream_cost(litellm, usage) if usage is not None else None,
+        )
+
+    async def _handle_error(self, litellm: ModuleType, error: Exception, attempt: int) -> int:
+        """Wait before the next attempt if `error` is transient and retries are left, else raise."""
+        if not self._is_transient(litellm, error) or attempt >= self.max_retries:
+            raise self._error(litellm, error, attempt) from error
+        delay = self.backoff * 2**attempt * (1 + 0.25 * random.random())
+        delay = min(max(delay, _retry_after(error)), _MAX_DELAY)
+        with self._retries_lock:
+            self.retries_total += 1
+        await asyncio.sleep(delay)
+        return attempt + 1
+
+    @staticmethod
+    def _is_transient(litellm: ModuleType, error: Exception) -> bool:
+        if isinstance(error, litellm.exceptions.ContextWindowExceededError):
+            return False
+        kinds = tuple(
+            k for k in (getattr(litellm.exceptions, n, None) for n in _TRANSIENT_NAMES) if k
+        )
+        return isinstance(error, kinds)
+
+    def _error(self, litellm: ModuleType, error: Exception, retries: int) -> LLMError:
+        """The exception to raise for a failed request, with a hint on what to check."""
+        exc = litellm.exceptions
+        if isinstance(error, exc.ContextWindowExceededError):
+            return ContextWindowExceeded(
+                f"The prompt does not fit in the context window of {self.model!r}: {error}. "
+                "Shorten the prompt (fewer or shorter messages, fewer tools) or use a model "
+                "with a larger context window."
+            )
+        if isinstance(error, (exc.AuthenticationError, exc.PermissionDeniedError)):
+            hint = (
+                "Check the API key: pass api_key= or set the provider's environment variable "
+                "(e.g. OPENAI_API_KEY), and that it may use this model."
+            )
+        elif isinstance(error, exc.NotFoundError):
+            hint = "Check the model name and its provider prefix (e.g. 'anthropic/...'), and api_base."
+        elif isinstance(error, exc.BadRequestError):
+            hint = "Check the request: model parameters, message format, tools and response_format."
+        elif self._is_transient(litellm, error):
+            hint = (
+                "The provider or network kept failing; check the provider's status, api_base "
+                "and the network, or raise max_retries / timeout."
+            )
+        else:
+            hint = "Check the model name, api_base and credentials."
+        after = f" after {retries} retries" if retries else ""
+        return LLMError(
+            f"LiteLLM call to {self.model!r} failed{after}: {type(error).__name__}: {error}. {hint}"
+        )
+
+    def _output(self, litellm: ModuleType, response: Any) -> LLMOutput:
+        """Convert a litellm `ModelResponse` into an `LLMOutput`."""
+        choice = response.choices[0]
+        message = _get(choice, "message")
+        tool_calls = [
+            ToolCallRequest(
+                id=_get(call, "id") or "",
+                name=_get(_get(call, "function"), "name") or "",
+                arguments=_get(_get(call, "function"), "arguments") or "",
+            )
+            for call in (_get(message, "tool_calls") or [])
+        ]
+        logprobs = None
+        if self.parameters.get("logprobs"):
+            raw = _get(choice, "logprobs")
+            if _get(raw, "content"):
+                logprobs = _logprobs(raw)
+        try:
+            cost: float | None = float(litellm.completion_cost(completion_response=response))
+        except Exception:  # models without a known price
+            cost = None
+        return LLMOutput(
+            content=_get(message, "content"),
+            tool_calls=tool_calls,
+            usage=_usage(_get(response, "usage")),
+            logprobs=logprobs,
+            cost=cost,
+        )
+
+    def _stream_cost(self, litellm: ModuleType, usage: Any) -> float | None:
+        try:
+            prompt_cost, completion_cost = litellm.cost_per_token(
+                model=self.model, usage_object=usage
+            )
+            return float(prompt_cost + completion_cost)
+        except Exception:  # models without a known price
+            return None
+
+
+def _retry_after(error: Exception) -> float:
+    """Seconds the server asked us to wait (Retry-After header), or 0."""
+    response = getattr(error, "response", None)
+    headers = getattr(response, "headers", None) or {}
+    try:
+        return max(float(headers.get("retry-after", 0)), 0.0)
+    except (TypeError, ValueError):
+        return 0.0

@@ -1,0 +1,243 @@
+"""The run loop: the agent and the environment take turns appending to one tape.
+
+`run` is an async generator of events; everything else (`run_sync`, the CLI, batch runs)
+drains it. Each turn the environment first answers the pending actions (exactly one
+observation each), then the agent's next node adds steps. The run ends with a `Finished` event
+that says why:
+
+- `"stopped"`: the agent wrote a `StopStep`;
+- `"awaiting_input"`: the agent asked the user something (an `awaits_input` action);
+- `"no_environment"`: actions are pending and no environment was given;
+- `"max_steps"`: the run appended `max_steps` steps;
+- `"error"`: the LLM backend failed, or the model's answers failed to parse `max_errors` times
+  in a row. The error step on the tape says what happened.
+
+Resuming is calling `run` again on the tape (or on a fork of any prefix of it, or an edited
+copy): the tape is the whole state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import traceback
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from tapeagents.agent import Agent
+from tapeagents.core import (
+    Action,
+    ErrorObservation,
+    LLMFailure,
+    NodeFailure,
+    Observation,
+    ParsingFailure,
+    Step,
+    StopStep,
+    Tape,
+    UserMessage,
+)
+from tapeagents.environment import Environment
+from tapeagents.errors import UsageError
+from tapeagents.llms import LLMCall, TextDelta
+
+__all__ = [
+    "EnvironmentReacted",
+    "Event",
+    "Finished",
+    "LLMCallMade",
+    "StepAppended",
+    "StopReason",
+    "TextStreamed",
+    "run",
+    "run_sync",
+]
+
+StopReason = Literal["stopped", "awaiting_input", "no_environment", "max_steps", "error"]
+
+
+@dataclass(frozen=True, slots=True)
+class StepAppended:
+    """A step was appended to the tape at `index`."""
+
+    step: Step
+    index: int
+
+
+@dataclass(frozen=True, slots=True)
+class LLMCallMade:
+    """The agent called an LLM; the steps that follow point to this call."""
+
+    call: LLMCall
+
+
+@dataclass(frozen=True, slots=True)
+class TextStreamed:
+    """A piece of model output text, as it streams in."""
+
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class EnvironmentReacted:
+    """The environment answered the pending actions with these observations."""
+
+    observations: list[Observation]
+
+
+@dataclass(frozen=True, slots=True)
+class Finished:
+    """The run ended; `reason` says why, `tape` is the tape (also the resumable state)."""
+
+    tape: Tape[Any, Any]
+    reason: StopReason
+    error: str | None = None
+    """What failed, when `reason` is "error"."""
+
+
+Event = StepAppended | LLMCallMade | TextStreamed | EnvironmentReacted | Finished
+
+
+async def run(
+    agent: Agent,
+    tape: Tape[Any, Any] | str,
+    env: Environment | None = None,
+    *,
+    max_steps: int = 100,
+    max_errors: int = 3,
+) -> AsyncIterator[Event]:
+    """Run `agent` on `tape` (in place) with `env` answering its actions; yield what happens.
+
+    Args:
+        agent: The agent to run.
+        tape: The tape to continue, or a first user message to start a new one with.
+        env: Answers the agent's actions; None if the agent only talks.
+        max_steps: Stop after appending this many steps in this run.
+        max_errors: Stop after this many unparsable model answers in a row.
+
+    Yields:
+        Events; the last one is always `Finished`.
+
+    Example:
+        >>> async def main():
+        ...     async for event in run(agent, "Hi"):
+        ...         print(event)
+    """
+    if isinstance(tape, str):
+        tape = Tape(steps=[UserMessage(content=tape)])
+    appended = 0
+    errors_in_a_row = 0
+    while True:
+        pending = tape.pending_actions()
+        actions = [action for action in pending if not action.awaits_input]
+        if actions:
+            if env is None:
+                yield Finished(tape, "no_environment")
+                return
+            observations: list[Observation] = []
+            for action in actions:
+                observation = await _react(env, action, tape)
+                tape.append(observation)
+                appended += 1
+                observations.append(observation)
+                yield StepAppended(observation, len(tape) - 1)
+            yield EnvironmentReacted(observations)
+            continue
+        if pending:
+            yield Finished(tape, "awaiting_input")
+            return
+        last = tape.last
+        if isinstance(last, StopStep):
+            yield Finished(tape, "stopped")
+            return
+        if appended > 0 and isinstance(last, LLMFailure):
+            yield Finished(tape, "error", last.error)
+            return
+        if errors_in_a_row >= max_errors:
+            message = f"The model's answer could not be parsed {errors_in_a_row} times in a row."
+            yield Finished(tape, "error", message)
+            return
+        if appended >= max_steps:
+            yield Finished(tape, "max_steps")
+            return
+
+        path, node = agent.plan(tape)
+        produced = 0
+        try:
+            async for item in agent.step(tape, path=path, node=node):
+                if isinstance(item, Step):
+                    tape.append(item)
+                    appended += 1
+                    produced += 1
+                    errors_in_a_row = errors_in_a_row + 1 if isinstance(item, ParsingFailure) else 0
+                    yield StepAppended(item, len(tape) - 1)
+                elif isinstance(item, LLMCall):
+                    yield LLMCallMade(item)
+                elif isinstance(item, TextDelta):
+                    yield TextStreamed(item.text)
+                else:
+                    raise UsageError(
+                        f"Node {node.name!r} yielded {type(item).__name__}; "
+                        "nodes yield steps, LLM calls and text deltas."
+                    )
+        except Exception as error:  # a bug in agent code: record it, then let it surface
+            failure = NodeFailure(error="".join(traceback.format_exception_only(error)).strip())
+            failure.metadata.agent, failure.metadata.node = path, node.name
+            tape.append(failure)
+            yield StepAppended(failure, len(tape) - 1)
+            raise
+        if produced == 0:
+            raise UsageError(f"Node {node.name!r} of agent {path!r} produced no steps.")
+
+
+async def _react(env: Environment, action: Action, tape: Tape[Any, Any]) -> Observation:
+    """One observation for `action`, whatever the environment does."""
+    try:
+        observation = await env.react(action, tape)
+    except Exception as error:  # the environment's failure is information for the agent
+        observation = ErrorObservation(error=f"{type(error).__name__}: {error}")
+    if not isinstance(observation, Observation):
+        observation = ErrorObservation(
+            error=f"{type(env).__name__}.react returned {type(observation).__name__}, "
+            "not an Observation."
+        )
+    if observation.action_id is None:
+        observation = observation.model_copy(update={"action_id": action.metadata.id})
+    return observation
+
+
+def run_sync(
+    agent: Agent,
+    tape: Tape[Any, Any] | str,
+    env: Environment | None = None,
+    *,
+    max_steps: int = 100,
+    max_errors: int = 3,
+) -> Finished:
+    """Blocking `run`: drain it and return the `Finished` event.
+
+    Example:
+        >>> from tapeagents import Agent, LLMNode
+        >>> from tapeagents.llms import ScriptedLLM
+        >>> agent = Agent("helper", nodes=[LLMNode()], llms=ScriptedLLM(["Hello!"]))
+        >>> result = run_sync(agent, "Hi")
+        >>> result.reason, result.tape.kinds()
+        ('awaiting_input', ['user', 'assistant'])
+    """
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        pass
+    else:
+        raise UsageError(
+            "run_sync() cannot be called from a running event loop; use "
+            "`async for event in run(...)` instead."
+        )
+
+    async def drain() -> Finished:
+        async for event in run(agent, tape, env, max_steps=max_steps, max_errors=max_errors):
+            if isinstance(event, Finished):
+                return event
+        raise AssertionError("run() ended without a Finished event")
+
+    return asyncio.run(drain())

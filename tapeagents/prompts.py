@@ -1,0 +1,39 @@
+"""Jinja2 templates for prompts: an agent's named templates, compiled once and rendered strictly."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from functools import lru_cache
+from typing import Any
+
+import jinja2
+
+__all__ = ["TemplateSet"]
+
+
+class TemplateSet:
+    """An agent's named jinja2 templates; any template can `{% include %}` the others.
+
+    Undefined variables raise (`StrictUndefined`) instead of rendering as empty text, so a typo in
+    a prompt is an error, not a silently worse prompt. Autoescaping is off: prompts are text.
+    """
+
+    def __init__(self, templates: Mapping[str, str] | None = None) -> None:
+        self.templates = dict(templates or {})
+        self._env = jinja2.Environment(
+            loader=jinja2.DictLoader(self.templates),
+            undefined=jinja2.StrictUndefined,
+            keep_trailing_newline=False,
+            autoescape=False,
+        )
+        self._compile = lru_cache(maxsize=256)(self._env.from_string)
+
+    def render(self, source: str, **variables: Any) -> str:
+        """Render template text (which may include the named templates) with `variables`."""
+        if "{" not in source:
+            return source  # plain text: skip jinja entirely
+        return self._compile(source).render(**variables)
+
+    def render_named(self, name: str, **variables: Any) -> str:
+        """Render the named template."""
+        return self._env.get_template(name).render(**variables)
