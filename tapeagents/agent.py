@@ -28,6 +28,7 @@ from tapeagents.core import (
     LLMFailure,
     Observation,
     ParsingFailure,
+    Reasoning,
     Respond,
     SetNextNode,
     Step,
@@ -255,6 +256,10 @@ class LLMNode(Node):
         self.step_types: dict[str, type[Step]] = {
             cls.model_fields["kind"].default: cls for cls in steps if cls is not text_step
         }
+        # Text beside tool calls is kept as the model's reasoning when there is no text step.
+        self._content_type: type[Step] | None = text_step or (
+            None if "reasoning" in self.step_types else Reasoning
+        )
         clash = self._tool_names & set(self.step_types)
         if clash:
             raise UsageError(f"Tools and step kinds share names {sorted(clash)}; rename the tools.")
@@ -382,12 +387,15 @@ class LLMNode(Node):
         steps: list[Step] = []
         text = (output.content or "").strip()
         if text:
-            if self.text_step is None:
+            if self.text_step is not None:
+                steps.append(_text_step(self.text_step, text))
+            elif output.tool_calls and self._content_type is not None:
+                steps.append(_text_step(self._content_type, text))
+            else:
                 raise _ParseError(
                     "The answer is plain text, but this node expects tool calls: "
-                    f"{', '.join(self._tool_names | set(self.step_types))}."
+                    f"{', '.join(sorted(self._tool_names | set(self.step_types)))}."
                 )
-            steps.append(_text_step(self.text_step, text))
         for request in output.tool_calls:
             try:
                 arguments = json.loads(request.arguments or "{}")
@@ -469,7 +477,7 @@ class LLMNode(Node):
         texts: list[str] = []
         calls: list[ToolCallRequest] = []
         for step in steps:
-            if self.text_step is not None and type(step) is self.text_step:
+            if self._is_content(step):
                 texts.append(_text_of(step))
             elif isinstance(step, ToolCall):
                 calls.append(ToolCallRequest(
@@ -483,6 +491,10 @@ class LLMNode(Node):
                     arguments=json.dumps(step.llm_dict(), ensure_ascii=False),
                 ))
         return LLMOutput(content="\n\n".join(texts) if texts else None, tool_calls=calls)
+
+    def _is_content(self, step: Step) -> bool:
+        """Whether `inverse` renders this step as the message text (not as a tool call)."""
+        return self._content_type is not None and type(step) is self._content_type
 
     # --------------------------------------------------------------------- run
 
@@ -529,7 +541,7 @@ def _tool_call_steps(node: LLMNode, group: Sequence[Step]) -> list[Step]:
     """The steps of a group that `inverse` renders as tool calls, in order."""
     if node.mode == "json":
         return []
-    return [s for s in group if not (node.text_step is not None and type(s) is node.text_step)]
+    return [s for s in group if not node._is_content(s)]
 
 
 def _single_text_field(cls: type[Step]) -> str | None:
