@@ -16,6 +16,7 @@ import logging
 import os
 import random
 import threading
+import warnings
 from collections.abc import AsyncIterator
 from types import ModuleType
 from typing import Any
@@ -68,6 +69,10 @@ def _import_litellm() -> ModuleType:
                     "Install it with: pip install 'tapeagents[litellm]'"
                 ) from e
             litellm.suppress_debug_info = True
+            # pydantic warns on every request about litellm's `ReadOnly` TypedDicts: noise.
+            warnings.filterwarnings(
+                "ignore", message=r".*using the `ReadOnly` qualifier", category=UserWarning
+            )
             for name in ("LiteLLM", "LiteLLM Router", "LiteLLM Proxy"):
                 logging.getLogger(name).setLevel(logging.WARNING)
             _litellm = litellm
@@ -88,7 +93,11 @@ class _Secret:
 
 def _is_secret(name: str) -> bool:
     lowered = name.lower()
-    return any(m in lowered for m in _SECRET_MARKERS) or lowered == "token" or lowered.endswith("_token")
+    return (
+        any(m in lowered for m in _SECRET_MARKERS)
+        or lowered == "token"
+        or lowered.endswith("_token")
+    )
 
 
 def _get(obj: Any, name: str, default: Any = None) -> Any:
@@ -233,7 +242,7 @@ class LiteLLM(LLM):
                 response = await litellm.acompletion(**kwargs)
                 async for chunk in response:
                     if _get(chunk, "usage") is not None:
-                        usage = chunk.usage
+                        usage = _get(chunk, "usage")
                     choices = _get(chunk, "choices") or []
                     if not choices:
                         continue
@@ -304,7 +313,9 @@ class LiteLLM(LLM):
                 "(e.g. OPENAI_API_KEY), and that it may use this model."
             )
         elif isinstance(error, exc.NotFoundError):
-            hint = "Check the model name and its provider prefix (e.g. 'anthropic/...'), and api_base."
+            hint = (
+                "Check the model name and its provider prefix (e.g. 'anthropic/...'), and api_base."
+            )
         elif isinstance(error, exc.BadRequestError):
             hint = "Check the request: model parameters, message format, tools and response_format."
         elif self._is_transient(litellm, error):

@@ -1,4 +1,4 @@
-"""Offline tests of `LiteLLM`: litellm's `mock_response` / `mock_tool_calls` stand in for a server."""
+"""Offline tests of `LiteLLM`: litellm's `mock_response` and `mock_tool_calls` act as the server."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from tapeagents.llms.base import LLMOutput, Prompt, TextDelta, ToolCallRequest
 from tapeagents.llms.litellm import LiteLLM
 
 litellm = pytest.importorskip("litellm")
+
 
 MODEL = "gpt-4o-mini"  # priced in litellm's bundled cost map; never contacted (mocks)
 PROMPT = Prompt(messages=[{"role": "user", "content": "Say hello."}])
@@ -98,7 +99,11 @@ async def test_tool_calls() -> None:
         MODEL,
         mock_response="",
         mock_tool_calls=[
-            {"id": "call_1", "type": "function", "function": {"name": "add", "arguments": arguments}}
+            {
+                "id": "call_1",
+                "type": "function",
+                "function": {"name": "add", "arguments": arguments},
+            }
         ],
     )
     output = await llm.generate(Prompt(messages=PROMPT.messages, tools=TOOLS))
@@ -252,8 +257,38 @@ async def test_streaming_retries_before_first_delta(monkeypatch: pytest.MonkeyPa
     assert len(calls) == 2 and llm.retries_total == 1
 
 
+async def test_streaming_failure_after_text_is_not_retried(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Text already went to the caller, so a retry would repeat it: fail instead."""
+    from litellm.types.utils import Delta, ModelResponseStream, StreamingChoices
+
+    calls = 0
+
+    async def broken(**kwargs: Any) -> Any:
+        nonlocal calls
+        calls += 1
+
+        async def gen() -> Any:
+            yield ModelResponseStream(choices=[StreamingChoices(delta=Delta(content="Par"))])
+            raise litellm.APIConnectionError("dropped", llm_provider="openai", model=MODEL)
+
+        return gen()
+
+    monkeypatch.setattr(litellm, "acompletion", broken)
+    llm = LiteLLM(MODEL, backoff=0.001)
+    seen: list[Any] = []
+    with pytest.raises(LLMError, match="dropped"):
+        async for item in llm.stream(PROMPT):
+            seen.append(item)
+    assert seen == [TextDelta(text="Par")]
+    assert calls == 1 and llm.retries_total == 0
+
+
 async def test_context_window_exceeded(counting: CountingCompletion) -> None:
-    error = litellm.ContextWindowExceededError("too many tokens", model=MODEL, llm_provider="openai")
+    error = litellm.ContextWindowExceededError(
+        "too many tokens", model=MODEL, llm_provider="openai"
+    )
     llm = LiteLLM(MODEL, backoff=0.001, mock_response=error)
     with pytest.raises(ContextWindowExceeded, match="context window") as info:
         await llm.generate(PROMPT)
