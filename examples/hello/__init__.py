@@ -1,0 +1,1 @@
+"""Hello: a chat assistant with a calculator tool (see README.md beside this file)."""

@@ -1,0 +1,3 @@
+from examples.hello.agent import main
+
+main()

@@ -1,0 +1,33 @@
+"""The hello example: a chat assistant whose calculator runs in a ToolEnvironment."""
+
+from __future__ import annotations
+
+import pytest
+
+from examples.hello.agent import calculator, main, make_agent
+from tapeagents import ToolResult, run_sync
+from tapeagents.llms import LLMOutput, ScriptedLLM, tool_call
+
+
+def test_the_assistant_uses_the_calculator_and_answers() -> None:
+    llm = ScriptedLLM(
+        [LLMOutput(tool_calls=[tool_call("calculator", '{"expression": "12 * 7"}')]), "84."]
+    )
+    agent, env = make_agent(llm)
+    result = run_sync(agent, "What is 12 times 7?", env)
+    assert result.reason == "awaiting_input"
+    assert result.tape.kinds() == ["user", "tool_call", "tool_result", "assistant"]
+    assert isinstance(result.tape[2], ToolResult) and result.tape[2].content == "84"
+
+
+def test_calculator_is_safe_and_says_what_it_cannot_do() -> None:
+    assert calculator("(2 + 3) * 4 - 2 ** 3 / 4") == 18
+    with pytest.raises(ValueError, match="unsupported expression"):
+        calculator("__import__('os').system('true')")
+
+
+def test_main_prints_the_tape(capsys: pytest.CaptureFixture[str]) -> None:
+    tape = main(["What is 1 + 1?", "--model", "scripted"])
+    out = capsys.readouterr().out
+    assert tape.kinds() == ["user", "assistant"]
+    assert "What is 1 + 1?" in out and "Run finished: awaiting_input" in out
