@@ -394,7 +394,8 @@ class LLMNode(Node):
             else:
                 raise _ParseError(
                     "The answer is plain text, but this node expects tool calls: "
-                    f"{', '.join(sorted(self._tool_names | set(self.step_types)))}."
+                    f"{', '.join(sorted(self._tool_names | set(self.step_types)))}. (Developers: "
+                    "add AssistantMessage to the node's steps to accept text answers.)"
                 )
         for request in output.tool_calls:
             try:
@@ -514,7 +515,15 @@ class LLMNode(Node):
         if call is None:
             raise UsageError(f"{llm!r}.stream() ended without a final LLMOutput.")
         yield call
-        for step in self.parse(call.output):
+        steps = self.parse(call.output)
+        unknown = [s.agent_name for s in steps if isinstance(s, Call) and s.agent_name not in agent.subagents]
+        if unknown:
+            known = ", ".join(agent.subagents) or "none"
+            steps = [ParsingFailure(
+                error=f"Unknown agent {unknown[0]!r} in call; the agents you can call are: {known}.",
+                raw_output=call.output.raw_text(),
+            )]
+        for step in steps:
             step.metadata.llm_call_id = call.id
             yield step
 

@@ -89,7 +89,7 @@ _REGISTRY: dict[str, type[Step]] = {}
 class Step(BaseModel):
     """One entry on a tape. Subclass a family (`Thought`, `Action`, ...) and set `kind`."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
 
     kind: str
     """Discriminator that names the step type in JSON."""
@@ -132,7 +132,7 @@ def step_kinds() -> dict[str, type[Step]]:
 class UnknownStep(Step):
     """A step whose kind this program does not know. Keeps its JSON and writes it back as is."""
 
-    model_config = ConfigDict(frozen=True, extra="allow")
+    model_config = ConfigDict(frozen=True, extra="allow", use_attribute_docstrings=True)
     _raw: dict[str, Any] = PrivateAttr(default_factory=dict)
 
     @model_serializer(mode="wrap")

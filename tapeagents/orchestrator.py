@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import traceback
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from tapeagents.agent import Agent
@@ -93,6 +93,8 @@ class Finished:
     reason: StopReason
     error: str | None = None
     """What failed, when `reason` is "error"."""
+    llm_calls: list[LLMCall] = field(default_factory=list)
+    """The LLM calls made in this run, in order (what `ReplayLLM` needs to replay it)."""
 
 
 Event = StepAppended | LLMCallMade | TextStreamed | EnvironmentReacted | Finished
@@ -127,12 +129,13 @@ async def run(
         tape = Tape(steps=[UserMessage(content=tape)])
     appended = 0
     errors_in_a_row = 0
+    calls: list[LLMCall] = []
     while True:
         pending = tape.pending_actions()
         actions = [action for action in pending if not action.awaits_input]
         if actions:
             if env is None:
-                yield Finished(tape, "no_environment")
+                yield Finished(tape, "no_environment", llm_calls=calls)
                 return
             observations: list[Observation] = []
             for action in actions:
@@ -144,21 +147,21 @@ async def run(
             yield EnvironmentReacted(observations)
             continue
         if pending:
-            yield Finished(tape, "awaiting_input")
+            yield Finished(tape, "awaiting_input", llm_calls=calls)
             return
         last = tape.last
         if isinstance(last, StopStep):
-            yield Finished(tape, "stopped")
+            yield Finished(tape, "stopped", llm_calls=calls)
             return
         if appended > 0 and isinstance(last, LLMFailure):
-            yield Finished(tape, "error", last.error)
+            yield Finished(tape, "error", last.error, calls)
             return
         if errors_in_a_row >= max_errors:
             message = f"The model's answer could not be parsed {errors_in_a_row} times in a row."
-            yield Finished(tape, "error", message)
+            yield Finished(tape, "error", message, calls)
             return
         if appended >= max_steps:
-            yield Finished(tape, "max_steps")
+            yield Finished(tape, "max_steps", llm_calls=calls)
             return
 
         path, node = agent.plan(tape)
@@ -172,6 +175,7 @@ async def run(
                     errors_in_a_row = errors_in_a_row + 1 if isinstance(item, ParsingFailure) else 0
                     yield StepAppended(item, len(tape) - 1)
                 elif isinstance(item, LLMCall):
+                    calls.append(item)
                     yield LLMCallMade(item)
                 elif isinstance(item, TextDelta):
                     yield TextStreamed(item.text)

@@ -84,11 +84,11 @@ def test_bad_model_output_becomes_a_parsing_failure_with_the_raw_text(
 
 def test_text_beside_tool_calls_is_kept_as_reasoning_when_no_text_step() -> None:
     node = LLMNode(steps=[FinalAnswer], tools=env.tools)
-    output = LLMOutput(content="I will look.", tool_calls=[tool_call("lookup", '{"city": "Nice"}')])
+    output = LLMOutput(content="I will look.", tool_calls=[tool_call("lookup", '{"city": "Nice"}', id="n1")])
     steps = node.parse(output)
     assert [type(s) for s in steps] == [Reasoning, ToolCall]
     assert node.inverse(steps) == LLMOutput(
-        content="I will look.", tool_calls=[tool_call("lookup", '{"city": "Nice"}')]
+        content="I will look.", tool_calls=[tool_call("lookup", '{"city": "Nice"}', id="n1")]
     )
     (failure,) = node.parse(LLMOutput(content="just text"))
     assert isinstance(failure, ParsingFailure) and "expects tool calls" in failure.error

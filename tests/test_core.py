@@ -25,7 +25,7 @@ from tapeagents import (
 from tapeagents.core import load_step, step_kinds
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(),
     lambda children: st.lists(children, max_size=3)
     | st.dictionaries(st.text(max_size=5), children, max_size=3),
     max_leaves=8,

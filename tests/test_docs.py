@@ -37,4 +37,4 @@ def test_python_blocks_run(path: Path, capsys: pytest.CaptureFixture[str]) -> No
     blocks = BLOCK.findall(path.read_text())
     namespace: dict[str, object] = {"__name__": f"docs_{path.stem}"}
     for block in blocks:  # blocks of one page share a namespace, like a reader's session
-        exec(compile(block, str(path), "exec"), namespace)
+        exec(compile(block, f"<{path.name}>", "exec", dont_inherit=True), namespace)

@@ -74,12 +74,11 @@ async def test_run_yields_typed_events_in_order() -> None:
 
 
 def test_stops_when_actions_are_pending_and_no_environment_is_given() -> None:
-    agent = calc_agent(LLMOutput(tool_calls=[tool_call("add", '{"a": 1, "b": 1}')]))
+    agent = calc_agent(LLMOutput(tool_calls=[tool_call("add", '{"a": 1, "b": 1}')]), "It is 2.")
     result = run_sync(agent, "1+1?")
     assert result.reason == "no_environment"
     assert result.tape.kinds() == ["user", "tool_call"]
     # resuming with an environment answers the pending action first
-    agent.llm().__dict__["_answers"].append("It is 2.")
     resumed = run_sync(agent, result.tape, calc)
     assert resumed.tape.kinds() == ["user", "tool_call", "tool_result", "assistant"]
     assert resumed.reason == "awaiting_input"

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from tapeagents.core import new_id
 from tapeagents.errors import UsageError
 from tapeagents.llms.base import LLM, LLMOutput, Prompt, ToolCallRequest, Usage
 
@@ -16,7 +17,7 @@ Script = Iterable[Answer] | Callable[[Prompt], Answer]
 
 def tool_call(name: str, arguments: str = "{}", *, id: str | None = None) -> ToolCallRequest:
     """A tool call to put in a scripted `LLMOutput`."""
-    return ToolCallRequest(id=id or f"call_{name}", name=name, arguments=arguments)
+    return ToolCallRequest(id=id or f"call_{new_id()[:12]}", name=name, arguments=arguments)
 
 
 class ScriptedLLM(LLM):
