@@ -288,15 +288,23 @@ class LLMNode(Node):
     def json_instructions(self) -> str:
         """The output format explained to a model in JSON mode."""
         formats = [
-            json.dumps({"kind": kind, **_example_fields(cls)}) for kind, cls in self.step_types.items()
+            json.dumps({"kind": kind, **_example_fields(cls)})
+            for kind, cls in self.step_types.items()
         ]
         formats += [
             json.dumps({"kind": "tool_call", "name": tool.name, "arguments": tool.parameters})
             for tool in self.tools
         ]
         if self.text_step is not None:
-            formats.insert(0, json.dumps({"kind": self.text_step.model_fields["kind"].default,
-                                          **_example_fields(self.text_step)}))
+            formats.insert(
+                0,
+                json.dumps(
+                    {
+                        "kind": self.text_step.model_fields["kind"].default,
+                        **_example_fields(self.text_step),
+                    }
+                ),
+            )
         return (
             "Answer with a JSON list of steps and nothing else. Each step is one of:\n"
             + "\n".join(formats)
@@ -308,14 +316,16 @@ class LLMNode(Node):
             self.system_prompt, tape=tape, context=tape.context, agent=agent
         )
         if self.mode == "json":
-            system = f"{system}\n\n{self.json_instructions()}" if system else self.json_instructions()
+            system = (
+                f"{system}\n\n{self.json_instructions()}" if system else self.json_instructions()
+            )
         messages = [{"role": "system", "content": system}] if system else []
         messages += self.tape_messages(tape)
         tools = self.tool_schemas() if self.mode == "tools" and self.tool_schemas() else None
         return Prompt(messages=messages, tools=tools)
 
     def tape_messages(self, tape: Tape[Any, Any], end: int | None = None) -> list[dict[str, Any]]:
-        """The first `end` steps of the tape (all by default) as chat messages, in this node's format.
+        """The first `end` steps of the tape (default: all) as chat messages in this node's format.
 
         Steps from one LLM call form one assistant message, rebuilt with `inverse`.
         """
@@ -332,8 +342,11 @@ class LLMNode(Node):
             if isinstance(step, ParsingFailure):
                 messages.append({"role": "assistant", "content": step.raw_output})
                 messages.append(
-                    {"role": "user", "content": f"Your answer could not be used: {step.error}\n"
-                     "Answer again in the required format."}
+                    {
+                        "role": "user",
+                        "content": f"Your answer could not be used: {step.error}\n"
+                        "Answer again in the required format.",
+                    }
                 )
                 i += 1
                 continue
@@ -350,8 +363,9 @@ class LLMNode(Node):
             group = steps[i:j]
             output = self.inverse(group)
             messages.append(output.as_message())
-            for step_in_group, request in zip(_tool_call_steps(self, group), output.tool_calls,
-                                              strict=True):
+            for step_in_group, request in zip(
+                _tool_call_steps(self, group), output.tool_calls, strict=True
+            ):
                 if isinstance(step_in_group, Action):
                     tool_ids[step_in_group.metadata.id] = request.id
                 else:
@@ -401,7 +415,8 @@ class LLMNode(Node):
             try:
                 arguments = json.loads(request.arguments or "{}")
             except json.JSONDecodeError as error:
-                raise _ParseError(f"Arguments of tool call {request.name!r} are not JSON: {error}")
+                message = f"Arguments of tool call {request.name!r} are not JSON: {error}"
+                raise _ParseError(message) from None
             if not isinstance(arguments, dict):
                 raise _ParseError(f"Arguments of tool call {request.name!r} must be an object.")
             step = self._step_from_call(request.name, arguments, request.id)
@@ -421,7 +436,7 @@ class LLMNode(Node):
         try:
             data, _ = json.JSONDecoder().raw_decode(body[start:])
         except json.JSONDecodeError as error:
-            raise _ParseError(f"The answer is not valid JSON: {error}")
+            raise _ParseError(f"The answer is not valid JSON: {error}") from None
         items = data if isinstance(data, list) else [data]
         steps: list[Step] = []
         for item in items:
@@ -433,7 +448,9 @@ class LLMNode(Node):
                 name = fields.get("name")
                 arguments = fields.get("arguments", {})
                 if not isinstance(name, str) or not isinstance(arguments, dict):
-                    raise _ParseError("A tool_call needs a string 'name' and an object 'arguments'.")
+                    raise _ParseError(
+                        "A tool_call needs a string 'name' and an object 'arguments'."
+                    )
                 steps.append(self._step_from_call(name, arguments, None))
             elif self.text_step is not None and kind == self.text_step.model_fields["kind"].default:
                 steps.append(self._validate(self.text_step, fields, None))
@@ -450,7 +467,9 @@ class LLMNode(Node):
         cls = self.step_types.get(name)
         if cls is None:
             known = sorted(self._tool_names | set(self.step_types))
-            raise _ParseError(f"Unknown tool or step {name!r}; expected one of: {', '.join(known)}.")
+            raise _ParseError(
+                f"Unknown tool or step {name!r}; expected one of: {', '.join(known)}."
+            )
         return self._validate(cls, arguments, call_id)
 
     @staticmethod
@@ -460,7 +479,7 @@ class LLMNode(Node):
         try:
             step = cls.model_validate(fields)
         except ValidationError as error:
-            raise _ParseError(f"Invalid {cls.model_fields['kind'].default}: {error}")
+            raise _ParseError(f"Invalid {cls.model_fields['kind'].default}: {error}") from None
         if call_id:
             step.metadata.extra["tool_call_id"] = call_id
         return step
@@ -471,7 +490,9 @@ class LLMNode(Node):
             items: list[dict[str, Any]] = []
             for step in steps:
                 if isinstance(step, ToolCall):
-                    items.append({"kind": "tool_call", "name": step.name, "arguments": step.arguments})
+                    items.append(
+                        {"kind": "tool_call", "name": step.name, "arguments": step.arguments}
+                    )
                 else:
                     items.append({"kind": step.kind, **step.llm_dict()})
             return LLMOutput(content=json.dumps(items, ensure_ascii=False))
@@ -481,16 +502,22 @@ class LLMNode(Node):
             if self._is_content(step):
                 texts.append(_text_of(step))
             elif isinstance(step, ToolCall):
-                calls.append(ToolCallRequest(
-                    id=step.call_id, name=step.name,
-                    arguments=json.dumps(step.arguments, ensure_ascii=False),
-                ))
+                calls.append(
+                    ToolCallRequest(
+                        id=step.call_id,
+                        name=step.name,
+                        arguments=json.dumps(step.arguments, ensure_ascii=False),
+                    )
+                )
             else:
-                calls.append(ToolCallRequest(
-                    id=step.metadata.extra.get("tool_call_id") or f"call_{step.metadata.id[:24]}",
-                    name=step.kind,
-                    arguments=json.dumps(step.llm_dict(), ensure_ascii=False),
-                ))
+                calls.append(
+                    ToolCallRequest(
+                        id=step.metadata.extra.get("tool_call_id")
+                        or f"call_{step.metadata.id[:24]}",
+                        name=step.kind,
+                        arguments=json.dumps(step.llm_dict(), ensure_ascii=False),
+                    )
+                )
         return LLMOutput(content="\n\n".join(texts) if texts else None, tool_calls=calls)
 
     def _is_content(self, step: Step) -> bool:
@@ -516,13 +543,19 @@ class LLMNode(Node):
             raise UsageError(f"{llm!r}.stream() ended without a final LLMOutput.")
         yield call
         steps = self.parse(call.output)
-        unknown = [s.agent_name for s in steps if isinstance(s, Call) and s.agent_name not in agent.subagents]
+        unknown = [
+            s.agent_name
+            for s in steps
+            if isinstance(s, Call) and s.agent_name not in agent.subagents
+        ]
         if unknown:
             known = ", ".join(agent.subagents) or "none"
-            steps = [ParsingFailure(
-                error=f"Unknown agent {unknown[0]!r} in call; the agents you can call are: {known}.",
-                raw_output=call.output.raw_text(),
-            )]
+            steps = [
+                ParsingFailure(
+                    error=f"Unknown agent {unknown[0]!r} in call; agents you can call: {known}.",
+                    raw_output=call.output.raw_text(),
+                )
+            ]
         for step in steps:
             step.metadata.llm_call_id = call.id
             yield step
@@ -593,7 +626,11 @@ def _fields_schema(cls: type[Step]) -> dict[str, Any]:
 
 def _example_fields(cls: type[Step]) -> dict[str, Any]:
     return {
-        name: (field.annotation.__name__ if isinstance(field.annotation, type) else str(field.annotation))
+        name: (
+            field.annotation.__name__
+            if isinstance(field.annotation, type)
+            else str(field.annotation)
+        )
         for name, field in cls.model_fields.items()
         if name not in ("kind", "metadata")
     }

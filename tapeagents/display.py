@@ -2,20 +2,34 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-import json
-
-from tapeagents.core import Action, Error, Observation, Step, StopStep, Tape, Thought, ToolCall, ToolResult
+from tapeagents.core import (
+    Action,
+    Error,
+    Observation,
+    Step,
+    StopStep,
+    Tape,
+    Thought,
+    ToolCall,
+    ToolResult,
+)
 
 __all__ = ["print_tape", "tape_table"]
 
-_STYLES = {Thought: "cyan", Action: "yellow", Observation: "green", StopStep: "bold magenta",
-           Error: "bold red"}
+_STYLES = {
+    Thought: "cyan",
+    Action: "yellow",
+    Observation: "green",
+    StopStep: "bold magenta",
+    Error: "bold red",
+}
 
 
 def _style(step: Any) -> str:

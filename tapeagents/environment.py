@@ -145,7 +145,9 @@ class ToolEnvironment(Environment):
     """
 
     def __init__(self, functions: Sequence[Callable[..., Any] | ToolSpec]) -> None:
-        self.tools = [f if isinstance(f, ToolSpec) else ToolSpec.from_function(f) for f in functions]
+        self.tools = [
+            f if isinstance(f, ToolSpec) else ToolSpec.from_function(f) for f in functions
+        ]
         self._by_name = {tool.name: tool for tool in self.tools}
         if len(self._by_name) != len(self.tools):
             raise UsageError("Two tools have the same name; give each function a unique name.")

@@ -69,7 +69,10 @@ def test_tool_calls_and_text_become_typed_steps() -> None:
     [
         (LLMOutput(tool_calls=[tool_call("nope", "{}")]), "Unknown tool or step 'nope'"),
         (LLMOutput(tool_calls=[tool_call("lookup", "{city: Paris")]), "not JSON"),
-        (LLMOutput(tool_calls=[tool_call("test_agent_plan", '{"items": 3}')]), "Invalid test_agent_plan"),
+        (
+            LLMOutput(tool_calls=[tool_call("test_agent_plan", '{"items": 3}')]),
+            "Invalid test_agent_plan",
+        ),
         (LLMOutput(content=""), "empty"),
     ],
 )
@@ -84,7 +87,9 @@ def test_bad_model_output_becomes_a_parsing_failure_with_the_raw_text(
 
 def test_text_beside_tool_calls_is_kept_as_reasoning_when_no_text_step() -> None:
     node = LLMNode(steps=[FinalAnswer], tools=env.tools)
-    output = LLMOutput(content="I will look.", tool_calls=[tool_call("lookup", '{"city": "Nice"}', id="n1")])
+    output = LLMOutput(
+        content="I will look.", tool_calls=[tool_call("lookup", '{"city": "Nice"}', id="n1")]
+    )
     steps = node.parse(output)
     assert [type(s) for s in steps] == [Reasoning, ToolCall]
     assert node.inverse(steps) == LLMOutput(
@@ -141,14 +146,22 @@ def test_prompt_renders_the_tape_as_valid_tool_calling_messages() -> None:
     )
     tape = Tape(context={"task": "weather"}, steps=[UserMessage(content="Rome?")])
     result = run_sync(agent, tape, env)
-    assert result.tape.kinds() == ["user", "test_agent_plan", "tool_call", "tool_result", "assistant"]
+    assert result.tape.kinds() == [
+        "user",
+        "test_agent_plan",
+        "tool_call",
+        "tool_result",
+        "assistant",
+    ]
     messages = llm.prompts[1].messages
     assert messages[0] == {"role": "system", "content": "Be brief. Task: weather"}
     assert [m["role"] for m in messages] == ["system", "user", "assistant", "tool", "tool"]
     assert {m["tool_call_id"] for m in messages[3:]} == {"p1", "l1"}
     assert messages[4]["content"] == "sunny in Rome"
     assert {t["function"]["name"] for t in llm.prompts[0].tools} == {
-        "lookup", "test_agent_plan", "final_answer"
+        "lookup",
+        "test_agent_plan",
+        "final_answer",
     }
     # the steps point to the call that produced them
     assert result.tape[1].metadata.llm_call_id == result.tape[2].metadata.llm_call_id

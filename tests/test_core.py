@@ -25,9 +25,14 @@ from tapeagents import (
 from tapeagents.core import load_step, step_kinds
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(),
-    lambda children: st.lists(children, max_size=3)
-    | st.dictionaries(st.text(max_size=5), children, max_size=3),
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(),
+    lambda children: (
+        st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=5), children, max_size=3)
+    ),
     max_leaves=8,
 )
 
@@ -99,9 +104,7 @@ def test_new_step_kinds_register_and_duplicates_are_refused() -> None:
         items: list[str]
 
     assert step_kinds()["test_plan"] is Plan
-    tape = Tape.model_validate_json(
-        Tape(steps=[Plan(items=["a", "b"])]).model_dump_json()
-    )
+    tape = Tape.model_validate_json(Tape(steps=[Plan(items=["a", "b"])]).model_dump_json())
     assert isinstance(tape.steps[0], Plan)
     with pytest.raises(UsageError, match="already used"):
 
@@ -144,7 +147,9 @@ def test_pending_actions_track_answers_and_user_input() -> None:
     assert tape.pending_actions() == [call, other]
     tape.append(ToolResult(name="f", call_id=call.call_id, content="1", action_id=call.metadata.id))
     assert tape.pending_actions() == [other]
-    tape.append(ToolResult(name="g", call_id=other.call_id, content="2", action_id=other.metadata.id))
+    tape.append(
+        ToolResult(name="g", call_id=other.call_id, content="2", action_id=other.metadata.id)
+    )
     assert tape.pending_actions() == []
     question = AssistantMessage(content="which one?")
     tape.append(question)

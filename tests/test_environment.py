@@ -33,7 +33,10 @@ def test_schema_comes_from_signature_and_docstring() -> None:
     assert spec.name == "convert"
     assert spec.description == "Convert an amount of money."
     props = spec.parameters["properties"]
-    assert props["amount"] == {"type": "number", "description": "How much money, in the source currency."}
+    assert props["amount"] == {
+        "type": "number",
+        "description": "How much money, in the source currency.",
+    }
     assert props["currency"]["enum"] == ["EUR", "USD"]
     assert props["currency"]["description"] == "The target currency, written as an ISO code."
     assert spec.parameters["required"] == ["amount"]

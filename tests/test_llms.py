@@ -9,7 +9,9 @@ from tapeagents.llms import CachedLLM, LLMOutput, Prompt, ReplayLLM, ScriptedLLM
 
 
 def prompt(text: str) -> Prompt:
-    return Prompt(messages=[{"role": "system", "content": "Be kind."}, {"role": "user", "content": text}])
+    return Prompt(
+        messages=[{"role": "system", "content": "Be kind."}, {"role": "user", "content": text}]
+    )
 
 
 async def test_calls_are_recorded_with_a_request_hash_id() -> None:
@@ -68,5 +70,7 @@ def test_output_as_message_keeps_tool_calls() -> None:
     assert output.as_message() == {
         "role": "assistant",
         "content": None,
-        "tool_calls": [{"id": "c", "type": "function", "function": {"name": "f", "arguments": '{"x": 1}'}}],
+        "tool_calls": [
+            {"id": "c", "type": "function", "function": {"name": "f", "arguments": '{"x": 1}'}}
+        ],
     }

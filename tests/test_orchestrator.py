@@ -58,8 +58,13 @@ async def test_run_yields_typed_events_in_order() -> None:
     )
     events = [event async for event in run(agent, "2+3?", calc)]
     assert [type(e).__name__ for e in events] == [
-        "LLMCallMade", "StepAppended", "StepAppended", "EnvironmentReacted",
-        "LLMCallMade", "StepAppended", "Finished",
+        "LLMCallMade",
+        "StepAppended",
+        "StepAppended",
+        "EnvironmentReacted",
+        "LLMCallMade",
+        "StepAppended",
+        "Finished",
     ]
     finished = events[-1]
     assert isinstance(finished, Finished) and finished.reason == "stopped"
@@ -85,7 +90,9 @@ def test_stops_when_actions_are_pending_and_no_environment_is_given() -> None:
 
 
 def test_a_conversation_resumes_after_the_user_replies() -> None:
-    agent = Agent("chat", nodes=[LLMNode()], llms=ScriptedLLM(["Hi! Name?", "Nice to meet you, Ann."]))
+    agent = Agent(
+        "chat", nodes=[LLMNode()], llms=ScriptedLLM(["Hi! Name?", "Nice to meet you, Ann."])
+    )
     first = run_sync(agent, "Hello")
     assert first.reason == "awaiting_input"
     first.tape.append(UserMessage(content="Ann"))
@@ -94,7 +101,9 @@ def test_a_conversation_resumes_after_the_user_replies() -> None:
 
 
 def test_resume_from_a_prefix_or_an_edited_copy() -> None:
-    agent = Agent("chat", nodes=[LLMNode()], llms=ScriptedLLM(lambda p: p.messages[-1]["content"].upper()))
+    agent = Agent(
+        "chat", nodes=[LLMNode()], llms=ScriptedLLM(lambda p: p.messages[-1]["content"].upper())
+    )
     tape = run_sync(agent, "one").tape
     tape.append(UserMessage(content="two"))
     run_sync(agent, tape)
@@ -117,7 +126,9 @@ def test_max_steps_limits_the_run() -> None:
 
 
 def test_repeated_unparsable_output_stops_with_an_error() -> None:
-    agent = Agent("bad", nodes=[LLMNode(steps=[FinalAnswer])], llms=ScriptedLLM(lambda p: "not a tool call"))
+    agent = Agent(
+        "bad", nodes=[LLMNode(steps=[FinalAnswer])], llms=ScriptedLLM(lambda p: "not a tool call")
+    )
     result = run_sync(agent, "go", max_errors=2)
     assert result.reason == "error"
     assert result.tape.kinds() == ["user", "parsing_failure", "parsing_failure"]
@@ -184,8 +195,14 @@ def test_every_action_gets_exactly_one_observation_even_when_the_environment_fai
             yield Do()
 
     result = run_sync(Agent("a", nodes=[Acts("n")]), "go", Shaky())
-    assert result.tape.kinds() == ["user", "tool_call", "test_do", "error_observation",
-                                   "error_observation", "final_answer"]
+    assert result.tape.kinds() == [
+        "user",
+        "tool_call",
+        "test_do",
+        "error_observation",
+        "error_observation",
+        "final_answer",
+    ]
     crash, unknown = result.tape[3], result.tape[4]
     assert isinstance(crash, ErrorObservation) and "browser died" in crash.error
     assert isinstance(unknown, ErrorObservation) and "test_do" in unknown.error

@@ -25,7 +25,8 @@ def test_import_is_light() -> None:
     code = (
         "import sys, time; t = time.perf_counter(); import tapeagents, tapeagents.llms; "
         "elapsed = time.perf_counter() - t; "
-        "heavy = [m for m in ('litellm', 'torch', 'transformers', 'playwright', 'ray') if m in sys.modules]; "
+        "heavy = [m for m in ('litellm', 'torch', 'transformers', 'playwright', 'ray') "
+        "if m in sys.modules]; "
         "print(heavy, elapsed)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

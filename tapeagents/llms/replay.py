@@ -22,7 +22,9 @@ def _prompt_lines(prompt: Prompt) -> list[str]:
     for message in prompt.messages:
         lines.extend(json.dumps(message, indent=1, sort_keys=True, ensure_ascii=False).splitlines())
     if prompt.tools:
-        lines.append(f"tools: {json.dumps([t.get('function', t).get('name') for t in prompt.tools])}")
+        lines.append(
+            f"tools: {json.dumps([t.get('function', t).get('name') for t in prompt.tools])}"
+        )
     return lines
 
 
