@@ -21,7 +21,7 @@ $(VENV)/.local: $(VENV)/.base
 	touch $@
 
 $(VENV)/.dev: $(VENV)/.local
-	$(PIP) install -q -e '.[local,litellm,dev]'
+	$(PIP) install -q -e '.[local,litellm,postgres,dev]'
 	touch $@
 
 demo: $(VENV)/.local

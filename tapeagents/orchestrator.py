@@ -13,7 +13,10 @@ that says why:
   in a row. The error step on the tape says what happened.
 
 Resuming is calling `run` again on the tape (or on a fork of any prefix of it, or an edited
-copy): the tape is the whole state.
+copy): the tape is the whole state. With `store=`, each step (and the LLM call it came from) is
+written in its own transaction before anything else happens, and the tape's status says how
+the run ended; a tape still marked "running" was interrupted, and its unanswered actions get
+an "interrupted" observation when it is resumed (they are not performed twice).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import asyncio
 import traceback
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from tapeagents.agent import Agent
 from tapeagents.core import (
@@ -40,6 +43,9 @@ from tapeagents.core import (
 from tapeagents.environment import Environment
 from tapeagents.errors import UsageError
 from tapeagents.llms import LLMCall, TextDelta
+
+if TYPE_CHECKING:
+    from tapeagents.store import TapeStore
 
 __all__ = [
     "EnvironmentReacted",
@@ -107,6 +113,7 @@ async def run(
     *,
     max_steps: int = 100,
     max_errors: int = 3,
+    store: TapeStore | None = None,
 ) -> AsyncIterator[Event]:
     """Run `agent` on `tape` (in place) with `env` answering its actions; yield what happens.
 
@@ -116,6 +123,7 @@ async def run(
         env: Answers the agent's actions; None if the agent only talks.
         max_steps: Stop after appending this many steps in this run.
         max_errors: Stop after this many unparsable model answers in a row.
+        store: Persist every step as it is appended (see the module docstring).
 
     Yields:
         Events; the last one is always `Finished`.
@@ -127,41 +135,46 @@ async def run(
     """
     if isinstance(tape, str):
         tape = Tape(steps=[UserMessage(content=tape)])
+    recorder = _Recorder(tape, store)
+    await recorder.start(agent.name)
     appended = 0
     errors_in_a_row = 0
-    calls: list[LLMCall] = []
+
+    async def finish(reason: StopReason, error: str | None = None) -> Finished:
+        await recorder.finish(reason)
+        return Finished(tape, reason, error, recorder.calls)
+
     while True:
         pending = tape.pending_actions()
         actions = [action for action in pending if not action.awaits_input]
         if actions:
             if env is None:
-                yield Finished(tape, "no_environment", llm_calls=calls)
+                yield await finish("no_environment")
                 return
             observations: list[Observation] = []
             for action in actions:
                 observation = await _react(env, action, tape)
-                tape.append(observation)
+                yield await recorder.append(observation)
                 appended += 1
                 observations.append(observation)
-                yield StepAppended(observation, len(tape) - 1)
             yield EnvironmentReacted(observations)
             continue
         if pending:
-            yield Finished(tape, "awaiting_input", llm_calls=calls)
+            yield await finish("awaiting_input")
             return
         last = tape.last
         if isinstance(last, StopStep):
-            yield Finished(tape, "stopped", llm_calls=calls)
+            yield await finish("stopped")
             return
         if appended > 0 and isinstance(last, LLMFailure):
-            yield Finished(tape, "error", last.error, calls)
+            yield await finish("error", last.error)
             return
         if errors_in_a_row >= max_errors:
             message = f"The model's answer could not be parsed {errors_in_a_row} times in a row."
-            yield Finished(tape, "error", message, calls)
+            yield await finish("error", message)
             return
         if appended >= max_steps:
-            yield Finished(tape, "max_steps", llm_calls=calls)
+            yield await finish("max_steps")
             return
 
         path, node = agent.plan(tape)
@@ -169,13 +182,12 @@ async def run(
         try:
             async for item in agent.step(tape, path=path, node=node):
                 if isinstance(item, Step):
-                    tape.append(item)
+                    yield await recorder.append(item)
                     appended += 1
                     produced += 1
                     errors_in_a_row = errors_in_a_row + 1 if isinstance(item, ParsingFailure) else 0
-                    yield StepAppended(item, len(tape) - 1)
                 elif isinstance(item, LLMCall):
-                    calls.append(item)
+                    recorder.call_made(item)
                     yield LLMCallMade(item)
                 elif isinstance(item, TextDelta):
                     yield TextStreamed(item.text)
@@ -187,11 +199,58 @@ async def run(
         except Exception as error:  # a bug in agent code: record it, then let it surface
             failure = NodeFailure(error="".join(traceback.format_exception_only(error)).strip())
             failure.metadata.agent, failure.metadata.node = path, node.name
-            tape.append(failure)
-            yield StepAppended(failure, len(tape) - 1)
+            yield await recorder.append(failure)
+            await recorder.finish("error")
             raise
         if produced == 0:
             raise UsageError(f"Node {node.name!r} of agent {path!r} produced no steps.")
+
+
+class _Recorder:
+    """Appends steps to the tape and, with a store, persists each one before it is reported."""
+
+    def __init__(self, tape: Tape[Any, Any], store: TapeStore | None) -> None:
+        self.tape = tape
+        self.store = store
+        self.calls: list[LLMCall] = []
+        self._unsaved_calls: list[LLMCall] = []
+
+    async def start(self, agent_name: str) -> None:
+        if self.store is None:
+            return
+        interrupted = await asyncio.to_thread(self.store.status, self.tape.id) == "running"
+        await asyncio.to_thread(self.store.save, self.tape, status="running", agent=agent_name)
+        if interrupted:
+            for action in self.tape.pending_actions():
+                if not action.awaits_input:
+                    await self.append(
+                        ErrorObservation(
+                            error="Interrupted: the run stopped before this action finished, "
+                            "so it was not completed and will not be retried.",
+                            action_id=action.metadata.id,
+                        )
+                    )
+
+    def call_made(self, call: LLMCall) -> None:
+        self.calls.append(call)
+        self._unsaved_calls.append(call)
+
+    async def append(self, step: Step) -> StepAppended:
+        self.tape.append(step)
+        index = len(self.tape) - 1
+        if self.store is not None:
+            calls, self._unsaved_calls = self._unsaved_calls, []
+            await asyncio.to_thread(self.store.append_steps, self.tape.id, index, [step], calls)
+        return StepAppended(step, index)
+
+    async def finish(self, reason: str) -> None:
+        if self.store is not None:
+            if self._unsaved_calls:
+                await asyncio.to_thread(self.store.save_llm_calls, self._unsaved_calls)
+                self._unsaved_calls = []
+            await asyncio.to_thread(
+                self.store.set_status, self.tape.id, reason, metadata=self.tape.metadata
+            )
 
 
 async def _react(env: Environment, action: Action, tape: Tape[Any, Any]) -> Observation:
@@ -217,6 +276,7 @@ def run_sync(
     *,
     max_steps: int = 100,
     max_errors: int = 3,
+    store: TapeStore | None = None,
 ) -> Finished:
     """Blocking `run`: drain it and return the `Finished` event.
 
@@ -239,7 +299,8 @@ def run_sync(
         )
 
     async def drain() -> Finished:
-        async for event in run(agent, tape, env, max_steps=max_steps, max_errors=max_errors):
+        events = run(agent, tape, env, max_steps=max_steps, max_errors=max_errors, store=store)
+        async for event in events:
             if isinstance(event, Finished):
                 return event
         raise AssertionError("run() ended without a Finished event")

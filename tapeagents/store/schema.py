@@ -1,0 +1,80 @@
+"""Tables of the tape store (SQLAlchemy Core). Changes go through a new Alembic migration.
+
+Long strings (prompts, page contents, model outputs) are stored once in `blobs`, keyed by a
+content hash, and referenced from steps and LLM calls as `{"$blob": "<hash>"}`. A message that
+appears in a thousand prompts of one tape is therefore stored once, and a step's text and the
+model output it came from share one row.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import Column, Float, Index, Integer, MetaData, String, Table, Text
+
+__all__ = ["SCHEMA_VERSION", "blobs", "llm_calls", "metadata", "steps", "tape_tags", "tapes"]
+
+SCHEMA_VERSION = "0001"
+"""Alembic revision of the schema this code writes."""
+
+metadata = MetaData()
+
+tapes = Table(
+    "tapes",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("parent_id", String(64), index=True),
+    Column("fork_index", Integer),
+    Column("prefix_length", Integer, nullable=False, default=0),
+    Column("author", String(200)),
+    Column("agent", String(200), index=True),
+    Column("status", String(32), nullable=False, index=True),
+    Column("created_at", Float, nullable=False, index=True),
+    Column("updated_at", Float, nullable=False),
+    Column("length", Integer, nullable=False, default=0),
+    Column("context", Text),
+    Column("metadata", Text),
+)
+"""One row per tape. `prefix_length` steps are read from the parent; the rest are its own."""
+
+tape_tags = Table(
+    "tape_tags",
+    metadata,
+    Column("tape_id", String(64), primary_key=True),
+    Column("tag", String(200), primary_key=True, index=True),
+)
+
+steps = Table(
+    "steps",
+    metadata,
+    Column("tape_id", String(64), primary_key=True),
+    Column("idx", Integer, primary_key=True),
+    Column("kind", String(100), nullable=False),
+    Column("agent", String(200)),
+    Column("node", String(200)),
+    Column("llm_call_id", String(64)),
+    Column("created_at", Float, nullable=False),
+    Column("data", Text, nullable=False),
+)
+Index("ix_steps_llm_call_id", steps.c.llm_call_id)
+
+llm_calls = Table(
+    "llm_calls",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("model", String(200), nullable=False),
+    Column("parameters", Text),
+    Column("prompt", Text, nullable=False),
+    Column("output", Text, nullable=False),
+    Column("logprobs", Text),
+    Column("prompt_tokens", Integer),
+    Column("completion_tokens", Integer),
+    Column("cost", Float),
+    Column("latency", Float),
+    Column("created_at", Float, nullable=False),
+)
+
+blobs = Table(
+    "blobs",
+    metadata,
+    Column("hash", String(32), primary_key=True),
+    Column("text", Text, nullable=False),
+)

@@ -1,0 +1,947 @@
+"""`TapeStore`: tapes, their steps and LLM calls in SQLite or PostgreSQL, written as they happen.
+
+Every `append_steps` is one transaction, so a process killed at any point leaves each stored
+tape a valid prefix of what it was. Forks store only what differs from their parent: a child
+reads its parent's first `prefix_length` steps, so forking a long tape writes one row.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Iterable, Iterator, Mapping, MutableMapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field
+from sqlalchemy import (
+    Engine,
+    and_,
+    create_engine,
+    delete,
+    event,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.exc import DBAPIError, NoSuchModuleError, SQLAlchemyError
+
+from tapeagents.core import Step, Tape, TapeMetadata, load_step
+from tapeagents.errors import StoreError, UsageError
+from tapeagents.llms.base import LLMCall, LLMOutput, Prompt, TokenLogprob
+from tapeagents.store import schema
+from tapeagents.store.schema import blobs, llm_calls, steps, tape_tags, tapes
+
+__all__ = ["DEFAULT_URL", "TapeStore", "TapeSummary", "TapeTree"]
+
+DEFAULT_URL = "sqlite:///tapes.db"
+BLOB_MIN_LENGTH = 256
+"""Strings at least this long are stored once in `blobs` and referenced by hash."""
+_BLOB_KEY = "$blob"
+_CHUNK = 500
+
+
+class TapeSummary(BaseModel):
+    """A tape's header, without its steps: what listings show."""
+
+    id: str
+    parent_id: str | None
+    fork_index: int | None
+    author: str | None
+    agent: str | None
+    status: str
+    created_at: float
+    updated_at: float
+    length: int
+    tags: list[str] = Field(default_factory=list)
+
+
+class TapeTree(BaseModel):
+    """A tape and, recursively, the tapes forked from it."""
+
+    tape: TapeSummary
+    children: list[TapeTree] = Field(default_factory=list)
+
+
+def _hash(text: str) -> str:
+    return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
+
+
+def _externalize(value: Any, found: dict[str, str]) -> Any:
+    """Replace long strings by blob references, collecting the blobs in `found`."""
+    if isinstance(value, str):
+        if len(value) >= BLOB_MIN_LENGTH:
+            key = _hash(value)
+            found[key] = value
+            return {_BLOB_KEY: key}
+        return value
+    if isinstance(value, dict):
+        return {k: _externalize(v, found) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_externalize(v, found) for v in value]
+    return value
+
+
+def _blob_refs(value: Any, refs: set[str]) -> None:
+    if isinstance(value, dict):
+        if len(value) == 1 and _BLOB_KEY in value:
+            refs.add(value[_BLOB_KEY])
+            return
+        for v in value.values():
+            _blob_refs(v, refs)
+    elif isinstance(value, list):
+        for v in value:
+            _blob_refs(v, refs)
+
+
+def _internalize(value: Any, texts: Mapping[str, str]) -> Any:
+    if isinstance(value, dict):
+        if len(value) == 1 and _BLOB_KEY in value:
+            return texts[value[_BLOB_KEY]]
+        return {k: _internalize(v, texts) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_internalize(v, texts) for v in value]
+    return value
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+class TapeStore:
+    """Durable storage of tapes, steps and LLM calls.
+
+    Args:
+        url: A SQLAlchemy URL (`sqlite:///tapes.db`, `postgresql+psycopg://user@host/db`) or a
+            file path for SQLite. Default: `$TAPEAGENTS_DB`, else `./tapes.db`.
+        upgrade: Bring the schema to this version of tapeagents on open (Alembic migrations).
+
+    One store can be shared by threads; several processes may append to one database.
+
+    Example:
+        >>> store = TapeStore("sqlite:///:memory:")
+        >>> tape = Tape(steps=[UserMessage(content="hi")])
+        >>> store.save(tape)
+        >>> store.get(tape.id).steps == tape.steps
+        True
+    """
+
+    def __init__(self, url: str | None = None, *, upgrade: bool = True) -> None:
+        url = url or os.environ.get("TAPEAGENTS_DB") or DEFAULT_URL
+        if "://" not in url:
+            url = f"sqlite:///{url}"
+        self.url = url
+        self.engine = _create_engine(url)
+        self.display_url = self.engine.url.render_as_string(hide_password=True)
+        try:
+            with self.engine.connect():
+                pass
+        except SQLAlchemyError as error:
+            raise StoreError(
+                f"Cannot open the tape store at {self.display_url}: {_reason(error)}. "
+                "Check that the database server is running and the URL is right."
+            ) from None
+        if upgrade:
+            self.upgrade()
+
+    # ------------------------------------------------------------------ schema
+
+    def _alembic_config(self, connection: Connection) -> Any:
+        from alembic.config import Config
+
+        config = Config()
+        config.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
+        config.attributes["connection"] = connection
+        return config
+
+    def schema_revision(self) -> str | None:
+        """The Alembic revision the database is at (None for an empty database)."""
+        from alembic.runtime.migration import MigrationContext
+
+        with self.engine.connect() as connection:
+            return MigrationContext.configure(connection).get_current_revision()
+
+    def upgrade(self) -> None:
+        """Apply the migrations the database lacks (a no-op when it is current)."""
+        current = self.schema_revision()
+        if current == schema.SCHEMA_VERSION:
+            return
+        from alembic import command
+
+        try:
+            with self.engine.begin() as connection:
+                command.upgrade(self._alembic_config(connection), "head")
+        except SQLAlchemyError as error:
+            raise StoreError(
+                f"Could not migrate the tape store at {self.display_url} from revision "
+                f"{current} to {schema.SCHEMA_VERSION}: {_reason(error)}"
+            ) from None
+
+    # ------------------------------------------------------------------ writing
+
+    def save(
+        self,
+        tape: Tape[Any, Any],
+        *,
+        status: str | None = None,
+        agent: str | None = None,
+        llm_calls: Sequence[LLMCall] = (),
+    ) -> None:
+        """Store the tape: its header if new, and the steps the store does not have yet.
+
+        A tape that is already stored must extend what is stored; an edited copy should be
+        forked instead (`fork`), and the error says so.
+        """
+        self._save(tape, status=status, agent=agent, llm_calls=llm_calls, prefix=None)
+
+    def _save(
+        self,
+        tape: Tape[Any, Any],
+        *,
+        status: str | None,
+        agent: str | None,
+        llm_calls: Sequence[LLMCall],
+        prefix: int | None,
+    ) -> None:
+        with self._write() as connection:
+            row = connection.execute(
+                select(tapes.c.length, tapes.c.status).where(tapes.c.id == tape.id)
+            ).first()
+            if row is None:
+                if prefix is None:
+                    prefix = self._shared_prefix(connection, tape)
+                now = time.time()
+                connection.execute(
+                    insert(tapes).values(
+                        id=tape.id,
+                        parent_id=tape.parent_id,
+                        fork_index=tape.fork_index,
+                        prefix_length=prefix,
+                        author=tape.author,
+                        agent=agent or tape.author,
+                        status=status or "new",
+                        created_at=now,
+                        updated_at=now,
+                        length=prefix,
+                        context=_dumps(_jsonable(tape.context)),
+                        metadata=tape.metadata.model_dump_json(),
+                    )
+                )
+                self._set_tags(connection, tape.id, tape.metadata.tags)
+                stored = prefix
+            else:
+                stored = row.length
+                if stored > len(tape.steps):
+                    raise StoreError(
+                        f"Tape {tape.id} has {stored} steps in the store but {len(tape.steps)} "
+                        "here. Fork it (store.fork) to keep a shorter or edited version."
+                    )
+                if stored:
+                    self._check_same_step(connection, tape, stored - 1)
+                values: dict[str, Any] = {"metadata": tape.metadata.model_dump_json()}
+                if status:
+                    values["status"] = status
+                if agent:
+                    values["agent"] = agent
+                connection.execute(update(tapes).where(tapes.c.id == tape.id).values(**values))
+                self._set_tags(connection, tape.id, tape.metadata.tags)
+            self._append(connection, tape.id, stored, tape.steps[stored:], llm_calls)
+
+    def append_steps(
+        self,
+        tape_id: str,
+        start: int,
+        new_steps: Sequence[Step],
+        llm_calls: Sequence[LLMCall] = (),
+    ) -> None:
+        """Append steps at index `start` (the stored length) in one transaction.
+
+        Raises `StoreError` if the stored tape does not have exactly `start` steps, which means
+        another process appended to it meanwhile.
+        """
+        with self._write() as connection:
+            self._append(connection, tape_id, start, new_steps, llm_calls)
+
+    def save_llm_calls(self, calls: Sequence[LLMCall]) -> None:
+        """Store LLM calls (calls already stored are kept as they are)."""
+        with self._write() as connection:
+            self._insert_calls(connection, calls)
+
+    def set_status(
+        self, tape_id: str, status: str, *, metadata: TapeMetadata | None = None
+    ) -> None:
+        """Record how a run on the tape ended (and the tape's result, error and tags)."""
+        values: dict[str, Any] = {"status": status, "updated_at": time.time()}
+        if metadata is not None:
+            values["metadata"] = metadata.model_dump_json()
+        with self._write() as connection:
+            done = connection.execute(update(tapes).where(tapes.c.id == tape_id).values(**values))
+            if done.rowcount == 0:
+                raise self._missing(tape_id)
+            if metadata is not None:
+                self._set_tags(connection, tape_id, metadata.tags)
+
+    def _append(
+        self,
+        connection: Connection,
+        tape_id: str,
+        start: int,
+        new_steps: Sequence[Step],
+        calls: Sequence[LLMCall],
+    ) -> None:
+        found: dict[str, str] = {}
+        rows = []
+        for offset, step in enumerate(new_steps):
+            data = _externalize(step.model_dump(mode="json"), found)
+            meta = step.metadata
+            rows.append(
+                {
+                    "tape_id": tape_id,
+                    "idx": start + offset,
+                    "kind": step.kind,
+                    "agent": meta.agent,
+                    "node": meta.node,
+                    "llm_call_id": meta.llm_call_id,
+                    "created_at": meta.created_at,
+                    "data": _dumps(data),
+                }
+            )
+        call_rows = [self._call_row(call, found) for call in calls]
+        if found:
+            self._insert_blobs(connection, found)
+        if call_rows:
+            self._insert_ignore(connection, llm_calls, call_rows, ["id"])
+        end = start + len(rows)
+        moved = connection.execute(
+            update(tapes)
+            .where(and_(tapes.c.id == tape_id, tapes.c.length == start))
+            .values(length=end, updated_at=time.time())
+        )
+        if moved.rowcount != 1:
+            exists = connection.execute(
+                select(tapes.c.length).where(tapes.c.id == tape_id)
+            ).scalar()
+            if exists is None:
+                raise self._missing(tape_id)
+            raise StoreError(
+                f"Tape {tape_id} has {exists} stored steps, not {start}: another process "
+                "appended to it. Reload it with store.get() before continuing."
+            )
+        if rows:
+            connection.execute(insert(steps), rows)
+
+    def _insert_calls(self, connection: Connection, calls: Sequence[LLMCall]) -> None:
+        found: dict[str, str] = {}
+        rows = [self._call_row(call, found) for call in calls]
+        if found:
+            self._insert_blobs(connection, found)
+        if rows:
+            self._insert_ignore(connection, llm_calls, rows, ["id"])
+
+    @staticmethod
+    def _call_row(call: LLMCall, found: dict[str, str]) -> dict[str, Any]:
+        output = call.output.model_dump(mode="json", exclude={"logprobs"})
+        logprobs = call.output.logprobs
+        return {
+            "id": call.id,
+            "model": call.model,
+            "parameters": _dumps(call.parameters),
+            "prompt": _dumps(_externalize(call.prompt.model_dump(mode="json"), found)),
+            "output": _dumps(_externalize(output, found)),
+            "logprobs": _dumps([lp.model_dump() for lp in logprobs]) if logprobs else None,
+            "prompt_tokens": call.output.usage.prompt_tokens,
+            "completion_tokens": call.output.usage.completion_tokens,
+            "cost": call.output.cost,
+            "latency": call.latency,
+            "created_at": call.created_at,
+        }
+
+    def _insert_blobs(self, connection: Connection, found: Mapping[str, str]) -> None:
+        rows = [{"hash": key, "text": text} for key, text in found.items()]
+        self._insert_ignore(connection, blobs, rows, ["hash"])
+
+    def _insert_ignore(
+        self, connection: Connection, table: Any, rows: list[dict[str, Any]], keys: list[str]
+    ) -> None:
+        dialect = connection.dialect.name
+        if dialect == "sqlite":
+            from sqlalchemy.dialects.sqlite import insert as dialect_insert
+        elif dialect == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert as dialect_insert  # type: ignore[assignment]
+        else:  # pragma: no cover - other databases are not supported yet
+            raise UsageError(f"The tape store supports SQLite and PostgreSQL, not {dialect}.")
+        connection.execute(dialect_insert(table).on_conflict_do_nothing(index_elements=keys), rows)
+
+    def _set_tags(self, connection: Connection, tape_id: str, tags: Iterable[str]) -> None:
+        connection.execute(delete(tape_tags).where(tape_tags.c.tape_id == tape_id))
+        rows = [{"tape_id": tape_id, "tag": tag} for tag in dict.fromkeys(tags)]
+        if rows:
+            connection.execute(insert(tape_tags), rows)
+
+    def _shared_prefix(self, connection: Connection, tape: Tape[Any, Any]) -> int:
+        """How many of the tape's first steps can be read from its stored parent."""
+        if not tape.parent_id or not tape.fork_index:
+            return 0
+        parent_length = connection.execute(
+            select(tapes.c.length).where(tapes.c.id == tape.parent_id)
+        ).scalar()
+        if parent_length is None:
+            return 0
+        limit = min(tape.fork_index, parent_length, len(tape.steps))
+        stored = self._read_steps(connection, tape.parent_id, limit)
+        prefix = 0
+        for mine, theirs in zip(tape.steps, stored, strict=False):
+            if mine.metadata.id != theirs.metadata.id or mine != theirs:
+                break
+            prefix += 1
+        return prefix
+
+    def _check_same_step(self, connection: Connection, tape: Tape[Any, Any], index: int) -> None:
+        stored = self._read_steps(connection, tape.id, index + 1, start=index)
+        if stored and stored[0].metadata.id != tape.steps[index].metadata.id:
+            raise StoreError(
+                f"Step {index} of tape {tape.id} differs from the stored one: the tape was "
+                "edited. Fork it (store.fork) to keep the edited version."
+            )
+
+    # ------------------------------------------------------------------ reading
+
+    def get(self, tape_id: str) -> Tape[Any, Any]:
+        """The stored tape with all its steps (a fork's shared prefix included)."""
+        with self.engine.connect() as connection:
+            row = connection.execute(select(tapes).where(tapes.c.id == tape_id)).first()
+            if row is None:
+                raise self._missing(tape_id)
+            tape_steps = self._read_steps(connection, tape_id, row.length)
+        try:
+            metadata = TapeMetadata.model_validate_json(row.metadata or "{}")
+            context = json.loads(row.context) if row.context else None
+        except ValueError as error:
+            raise StoreError(f"Tape {tape_id} has a corrupt header: {error}") from None
+        tape: Tape[Any, Any] = Tape(
+            id=row.id,
+            parent_id=row.parent_id,
+            fork_index=row.fork_index,
+            author=row.author,
+            context=context,
+            metadata=metadata,
+        )
+        tape.steps = tape_steps
+        return tape
+
+    def status(self, tape_id: str) -> str | None:
+        """The stored status of a tape, or None if it is not stored."""
+        with self.engine.connect() as connection:
+            return connection.execute(
+                select(tapes.c.status).where(tapes.c.id == tape_id)
+            ).scalar()
+
+    def resolve_id(self, prefix: str) -> str:
+        """The full id of the one tape whose id starts with `prefix` (for the CLI)."""
+        with self.engine.connect() as connection:
+            found = connection.execute(
+                select(tapes.c.id).where(tapes.c.id.startswith(prefix, autoescape=True)).limit(2)
+            ).scalars().all()
+        if not found:
+            raise self._missing(prefix)
+        if len(found) > 1:
+            raise StoreError(f"Several tapes start with {prefix!r}; give more of the id.")
+        return found[0]
+
+    def _read_steps(
+        self, connection: Connection, tape_id: str, end: int, start: int = 0
+    ) -> list[Step]:
+        """Steps [start, end) of a tape, following fork prefixes up the lineage."""
+        segments: list[tuple[str, int, int]] = []  # (tape id, from, to)
+        current, upto = tape_id, end
+        while upto > start:
+            row = connection.execute(
+                select(tapes.c.parent_id, tapes.c.prefix_length).where(tapes.c.id == current)
+            ).first()
+            if row is None:
+                raise self._missing(current)
+            own_from = max(row.prefix_length, start)
+            if own_from < upto:
+                segments.append((current, own_from, upto))
+            if row.prefix_length <= start or row.parent_id is None:
+                break
+            current, upto = row.parent_id, min(upto, row.prefix_length)
+        segments.reverse()
+        raw: list[tuple[str, int, Any]] = []
+        for seg_id, seg_from, seg_to in segments:
+            result = connection.execute(
+                select(steps.c.idx, steps.c.data)
+                .where(steps.c.tape_id == seg_id, steps.c.idx >= seg_from, steps.c.idx < seg_to)
+                .order_by(steps.c.idx)
+            )
+            for idx, data in result:
+                try:
+                    raw.append((seg_id, idx, json.loads(data)))
+                except ValueError as error:
+                    raise StoreError(
+                        f"Step {idx} of tape {seg_id} is not valid JSON ({error}); the row is "
+                        "corrupt. Export the tape to see the others."
+                    ) from None
+        if len(raw) != end - start:
+            raise StoreError(
+                f"Tape {tape_id} should have {end - start} steps from {start} but the store has "
+                f"{len(raw)}: the database was changed outside tapeagents."
+            )
+        refs: set[str] = set()
+        for _, _, data in raw:
+            _blob_refs(data, refs)
+        texts = self._read_blobs(connection, refs)
+        result_steps: list[Step] = []
+        for seg_id, idx, data in raw:
+            try:
+                result_steps.append(load_step(_internalize(data, texts)))
+            except (ValueError, KeyError) as error:
+                raise StoreError(f"Step {idx} of tape {seg_id} cannot be loaded: {error}") from None
+        return result_steps
+
+    def _read_blobs(self, connection: Connection, refs: set[str]) -> dict[str, str]:
+        texts: dict[str, str] = {}
+        keys = list(refs)
+        for i in range(0, len(keys), _CHUNK):
+            chunk = keys[i : i + _CHUNK]
+            texts.update(
+                connection.execute(select(blobs.c.hash, blobs.c.text).where(blobs.c.hash.in_(chunk)))
+                .tuples()
+                .all()
+            )
+        return texts
+
+    def get_llm_calls(self, ids: Iterable[str]) -> list[LLMCall]:
+        """The stored LLM calls with these ids, in the given order (missing ones skipped)."""
+        wanted = list(dict.fromkeys(ids))
+        rows: dict[str, Any] = {}
+        with self.engine.connect() as connection:
+            for i in range(0, len(wanted), _CHUNK):
+                chunk = wanted[i : i + _CHUNK]
+                for row in connection.execute(select(llm_calls).where(llm_calls.c.id.in_(chunk))):
+                    rows[row.id] = row
+            refs: set[str] = set()
+            parsed = {
+                key: (json.loads(row.prompt), json.loads(row.output)) for key, row in rows.items()
+            }
+            for prompt, output in parsed.values():
+                _blob_refs(prompt, refs)
+                _blob_refs(output, refs)
+            texts = self._read_blobs(connection, refs)
+        calls = []
+        for key in wanted:
+            if key not in rows:
+                continue
+            row = rows[key]
+            prompt, output = parsed[key]
+            llm_output = LLMOutput.model_validate(_internalize(output, texts))
+            if row.logprobs:
+                llm_output.logprobs = [TokenLogprob(**lp) for lp in json.loads(row.logprobs)]
+            calls.append(
+                LLMCall(
+                    id=row.id,
+                    model=row.model,
+                    parameters=json.loads(row.parameters or "{}"),
+                    prompt=Prompt.model_validate(_internalize(prompt, texts)),
+                    output=llm_output,
+                    latency=row.latency or 0.0,
+                    created_at=row.created_at,
+                )
+            )
+        return calls
+
+    def llm_calls_of(self, tape: Tape[Any, Any]) -> list[LLMCall]:
+        """The LLM calls that produced the tape's steps, in tape order."""
+        ids = [s.metadata.llm_call_id for s in tape.steps if s.metadata.llm_call_id]
+        return self.get_llm_calls(ids)
+
+    def llm_cache(self) -> MutableMapping[str, LLMOutput]:
+        """A mapping from request id to output over the stored calls, for `CachedLLM`."""
+        return _StoreCache(self)
+
+    # ------------------------------------------------------------------ listing
+
+    def list(
+        self,
+        *,
+        agent: str | None = None,
+        status: str | None = None,
+        tag: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        text: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> list[TapeSummary]:
+        """Tapes matching all the given filters, newest first.
+
+        `text` matches any step's content (case-insensitive on SQLite, case-sensitive on
+        PostgreSQL); `since`/`until` bound the creation time (seconds since the epoch).
+        """
+        query = self._filtered(select(tapes), agent, status, tag, since, until, text)
+        query = query.order_by(tapes.c.created_at.desc(), tapes.c.id).limit(limit).offset(offset)
+        with self.engine.connect() as connection:
+            rows = connection.execute(query).all()
+            tags: dict[str, list[str]] = {row.id: [] for row in rows}
+            if rows:
+                for tape_id, tag_value in connection.execute(
+                    select(tape_tags.c.tape_id, tape_tags.c.tag).where(
+                        tape_tags.c.tape_id.in_(list(tags))
+                    )
+                ):
+                    tags[tape_id].append(tag_value)
+        return [self._summary(row, tags[row.id]) for row in rows]
+
+    def count(
+        self,
+        *,
+        agent: str | None = None,
+        status: str | None = None,
+        tag: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        text: str | None = None,
+    ) -> int:
+        """How many tapes match the filters (see `list`)."""
+        query = self._filtered(
+            select(func.count()).select_from(tapes), agent, status, tag, since, until, text
+        )
+        with self.engine.connect() as connection:
+            return int(connection.execute(query).scalar() or 0)
+
+    def _filtered(self, query: Any, agent, status, tag, since, until, text) -> Any:  # type: ignore[no-untyped-def]
+        if agent is not None:
+            query = query.where(tapes.c.agent == agent)
+        if status is not None:
+            query = query.where(tapes.c.status == status)
+        if tag is not None:
+            query = query.where(
+                tapes.c.id.in_(select(tape_tags.c.tape_id).where(tape_tags.c.tag == tag))
+            )
+        if since is not None:
+            query = query.where(tapes.c.created_at >= since)
+        if until is not None:
+            query = query.where(tapes.c.created_at < until)
+        if text:
+            pattern = f"%{text}%"
+            in_blobs = select(blobs.c.hash).where(blobs.c.text.like(pattern)).limit(100)
+            with self.engine.connect() as connection:
+                hashes = connection.execute(in_blobs).scalars().all()
+            conditions = [steps.c.data.like(pattern)] + [
+                steps.c.data.like(f"%{h}%") for h in hashes
+            ]
+            query = query.where(tapes.c.id.in_(select(steps.c.tape_id).where(or_(*conditions))))
+        return query
+
+    @staticmethod
+    def _summary(row: Any, tags: list[str]) -> TapeSummary:
+        return TapeSummary(
+            id=row.id,
+            parent_id=row.parent_id,
+            fork_index=row.fork_index,
+            author=row.author,
+            agent=row.agent,
+            status=row.status,
+            created_at=row.created_at,
+            updated_at=row.updated_at,
+            length=row.length,
+            tags=sorted(tags),
+        )
+
+    def summary(self, tape_id: str) -> TapeSummary:
+        """One tape's header."""
+        with self.engine.connect() as connection:
+            row = connection.execute(select(tapes).where(tapes.c.id == tape_id)).first()
+            if row is None:
+                raise self._missing(tape_id)
+            tags = connection.execute(
+                select(tape_tags.c.tag).where(tape_tags.c.tape_id == tape_id)
+            ).scalars().all()
+        return self._summary(row, list(tags))
+
+    # ------------------------------------------------------------------ lineage
+
+    def fork(
+        self,
+        tape: Tape[Any, Any] | str,
+        at: int,
+        *,
+        edits: Mapping[int, Step] | None = None,
+        author: str | None = None,
+    ) -> Tape[Any, Any]:
+        """A stored child of `tape` with its first `at` steps, some replaced by `edits`.
+
+        The child shares the unedited prefix with its parent instead of copying it, so
+        forking costs the same for a short and a very long tape.
+        """
+        parent = self.get(tape) if isinstance(tape, str) else tape
+        if not 0 <= at <= len(parent.steps):
+            raise StoreError(
+                f"Cannot fork tape {parent.id} at step {at}: it has {len(parent.steps)} steps "
+                f"(valid: 0 to {len(parent.steps)})."
+            )
+        edits = dict(edits or {})
+        bad = [i for i in edits if not 0 <= i < at]
+        if bad:
+            raise StoreError(f"Edits at {bad} fall outside the forked steps 0 to {at - 1}.")
+        if self.status(parent.id) is None:
+            self.save(parent)
+        agent = self.summary(parent.id).agent
+        child = parent.fork(at, author=author)
+        for index, step in edits.items():
+            child.steps[index] = step
+        shared = min([at, *edits])  # the unedited prefix is read from the parent, not copied
+        self._save(child, status="forked", agent=agent, llm_calls=(), prefix=shared)
+        return child
+
+    def ancestors(self, tape_id: str) -> list[TapeSummary]:
+        """The tape's parent, grandparent, ... (nearest first)."""
+        result = []
+        current = self.summary(tape_id).parent_id
+        while current is not None:
+            summary = self.summary(current)
+            result.append(summary)
+            current = summary.parent_id
+        return result
+
+    def children(self, tape_id: str) -> list[TapeSummary]:
+        """Tapes forked directly from this one, oldest first."""
+        with self.engine.connect() as connection:
+            ids = connection.execute(
+                select(tapes.c.id).where(tapes.c.parent_id == tape_id).order_by(tapes.c.created_at)
+            ).scalars().all()
+        return [self.summary(i) for i in ids]
+
+    def tree(self, tape_id: str) -> TapeTree:
+        """The whole family of the tape, from its oldest ancestor down."""
+        ancestors = self.ancestors(tape_id)
+        root = ancestors[-1].id if ancestors else tape_id
+
+        def build(node_id: str) -> TapeTree:
+            return TapeTree(
+                tape=self.summary(node_id),
+                children=[build(child.id) for child in self.children(node_id)],
+            )
+
+        return build(root)
+
+    # ------------------------------------------------------------------ upkeep
+
+    def delete(self, tape_ids: Iterable[str]) -> int:
+        """Delete tapes; children that share their steps get their own copy first."""
+        count = 0
+        for tape_id in tape_ids:
+            with self._write() as connection:
+                if connection.execute(select(tapes.c.id).where(tapes.c.id == tape_id)).first() is None:
+                    raise self._missing(tape_id)
+                children = connection.execute(
+                    select(tapes.c.id, tapes.c.prefix_length).where(tapes.c.parent_id == tape_id)
+                ).all()
+                for child_id, prefix in children:
+                    if prefix:
+                        self._materialize(connection, child_id, prefix)
+                connection.execute(delete(steps).where(steps.c.tape_id == tape_id))
+                connection.execute(delete(tape_tags).where(tape_tags.c.tape_id == tape_id))
+                connection.execute(delete(tapes).where(tapes.c.id == tape_id))
+                count += 1
+        return count
+
+    def delete_where(self, *, older_than: float | None = None, tag: str | None = None) -> int:
+        """Delete tapes created before `older_than` (epoch seconds) and/or carrying `tag`."""
+        if older_than is None and tag is None:
+            raise UsageError("Say which tapes to delete: older_than=..., tag=..., or both.")
+        query = self._filtered(select(tapes.c.id), None, None, tag, None, older_than, None)
+        with self.engine.connect() as connection:
+            ids = connection.execute(query).scalars().all()
+        return self.delete(ids)
+
+    def _materialize(self, connection: Connection, child_id: str, prefix: int) -> None:
+        """Copy the steps a child reads from its parent into the child itself."""
+        inherited = self._read_steps(connection, child_id, prefix)
+        found: dict[str, str] = {}
+        rows = [
+            {
+                "tape_id": child_id,
+                "idx": i,
+                "kind": s.kind,
+                "agent": s.metadata.agent,
+                "node": s.metadata.node,
+                "llm_call_id": s.metadata.llm_call_id,
+                "created_at": s.metadata.created_at,
+                "data": _dumps(_externalize(s.model_dump(mode="json"), found)),
+            }
+            for i, s in enumerate(inherited)
+        ]
+        if rows:
+            connection.execute(insert(steps), rows)
+        connection.execute(update(tapes).where(tapes.c.id == child_id).values(prefix_length=0))
+
+    def export_jsonl(self, path: str | Path, tape_ids: Iterable[str] | None = None) -> int:
+        """Write tapes (with their LLM calls) to a JSONL file, one tape a line."""
+        ids = list(tape_ids) if tape_ids is not None else self._all_ids()
+        with open(path, "w", encoding="utf-8") as out:
+            for tape_id in ids:
+                out.write(self._export_line(tape_id) + "\n")
+        return len(ids)
+
+    def _export_line(self, tape_id: str) -> str:
+        tape = self.get(tape_id)
+        summary = self.summary(tape_id)
+        calls = self.llm_calls_of(tape)
+        return json.dumps(
+            {
+                "tape": tape.model_dump(mode="json"),
+                "status": summary.status,
+                "agent": summary.agent,
+                "llm_calls": [c.model_dump(mode="json") for c in calls],
+            },
+            ensure_ascii=False,
+        )
+
+    def import_jsonl(self, path: str | Path) -> int:
+        """Read tapes written by `export_jsonl`; tapes already stored are skipped."""
+        count = 0
+        with open(path, encoding="utf-8") as source:
+            for number, line in enumerate(source, 1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                    tape = Tape.model_validate(record["tape"])
+                    calls = [LLMCall.model_validate(c) for c in record.get("llm_calls", [])]
+                except (ValueError, KeyError, TypeError) as error:
+                    raise StoreError(f"{path}, line {number}: not a tape record ({error}).") from None
+                if self.status(tape.id) is not None:
+                    continue
+                self.save(
+                    tape, status=record.get("status") or "imported", agent=record.get("agent"),
+                    llm_calls=calls,
+                )
+                count += 1
+        return count
+
+    def iter_tapes(self, tape_ids: Iterable[str] | None = None) -> Iterator[Tape[Any, Any]]:
+        """Load tapes one by one (all of them by default)."""
+        for tape_id in tape_ids if tape_ids is not None else self._all_ids():
+            yield self.get(tape_id)
+
+    def _all_ids(self) -> list[str]:
+        with self.engine.connect() as connection:
+            return list(
+                connection.execute(select(tapes.c.id).order_by(tapes.c.created_at)).scalars()
+            )
+
+    # ------------------------------------------------------------------ helpers
+
+    def _write(self) -> Any:
+        return _WriteTransaction(self)
+
+    def _missing(self, tape_id: str) -> StoreError:
+        return StoreError(
+            f"No tape {tape_id!r} in {self.display_url}. `tapeagents ls` lists the stored tapes."
+        )
+
+    def close(self) -> None:
+        """Release the database connections."""
+        self.engine.dispose()
+
+    def __repr__(self) -> str:
+        return f"TapeStore({self.display_url!r})"
+
+
+class _WriteTransaction:
+    """`engine.begin()` that turns database failures into `StoreError`s naming the store."""
+
+    def __init__(self, store: TapeStore) -> None:
+        self.store = store
+        self._context: Any = None
+
+    def __enter__(self) -> Connection:
+        try:
+            self._context = self.store.engine.begin()
+            return self._context.__enter__()
+        except SQLAlchemyError as error:
+            raise StoreError(
+                f"Cannot write to the tape store at {self.store.display_url}: {_reason(error)}"
+            ) from None
+
+    def __exit__(self, kind: Any, error: Any, traceback: Any) -> bool:
+        try:
+            self._context.__exit__(kind, error, traceback)
+        except SQLAlchemyError as failure:
+            raise StoreError(
+                f"Cannot write to the tape store at {self.store.display_url}: {_reason(failure)}"
+            ) from None
+        if isinstance(error, SQLAlchemyError):
+            raise StoreError(
+                f"Cannot write to the tape store at {self.store.display_url}: {_reason(error)}"
+            ) from None
+        return False
+
+
+class _StoreCache(MutableMapping[str, LLMOutput]):
+    def __init__(self, store: TapeStore) -> None:
+        self.store = store
+
+    def __getitem__(self, key: str) -> LLMOutput:
+        found = self.store.get_llm_calls([key])
+        if not found:
+            raise KeyError(key)
+        return found[0].output
+
+    def __setitem__(self, key: str, value: LLMOutput) -> None:
+        raise UsageError("The store's LLM cache is filled by runs with store=...; it is read-only.")
+
+    def __delitem__(self, key: str) -> None:
+        raise UsageError("The store's LLM cache is read-only.")
+
+    def __iter__(self) -> Iterator[str]:
+        with self.store.engine.connect() as connection:
+            yield from connection.execute(select(llm_calls.c.id)).scalars()
+
+    def __len__(self) -> int:
+        with self.store.engine.connect() as connection:
+            return int(connection.execute(select(func.count()).select_from(llm_calls)).scalar() or 0)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
+    return value
+
+
+def _reason(error: SQLAlchemyError) -> str:
+    if isinstance(error, DBAPIError) and error.orig is not None:
+        return f"{type(error.orig).__name__}: {str(error.orig).strip().splitlines()[0]}"
+    return str(error).splitlines()[0]
+
+
+def _create_engine(url: str) -> Engine:
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        database = parsed.database
+        if database and database != ":memory:":
+            Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")  # readers never block the writer
+            cursor.execute("PRAGMA synchronous=NORMAL")  # durable against process crashes
+            cursor.execute("PRAGMA busy_timeout=30000")
+            cursor.close()
+
+        return engine
+    try:
+        return create_engine(url, pool_pre_ping=True)
+    except (NoSuchModuleError, ImportError, ModuleNotFoundError) as error:
+        raise UsageError(
+            f"No database driver for {parsed.drivername} ({error}). For PostgreSQL install "
+            "pip install 'tapeagents[postgres]' and use a postgresql+psycopg:// URL."
+        ) from None
