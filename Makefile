@@ -27,14 +27,30 @@ $(VENV)/.dev: $(VENV)/.local
 demo: $(VENV)/.local
 	$(OFFLINE) $(PY) -m examples.hello "What is 12 times 7?"
 
+# The store tests run against SQLite and against a private PostgreSQL cluster on 127.0.0.1.
 test: $(VENV)/.dev
-	$(OFFLINE) $(PY) -m pytest -q -p no:cacheprovider
+	$(OFFLINE) TAPEAGENTS_REQUIRE_POSTGRES=1 scripts/with-postgres.sh $(PY) -m pytest -q -p no:cacheprovider
 
 test-all: $(VENV)/.dev
-	$(OFFLINE) $(PY) -m pytest -q -p no:cacheprovider -m ''
+	$(OFFLINE) TAPEAGENTS_REQUIRE_POSTGRES=1 scripts/with-postgres.sh $(PY) -m pytest -q -p no:cacheprovider -m ''
 
 lint: $(VENV)/.dev
 	$(VENV)/bin/ruff check tapeagents environments examples tests benchmarks
+
+# Peers for the side-by-side benchmarks (the original TapeAgents 0.1.16 and LangGraph) live in
+# their own venv: 0.1.16 is also imported as `tapeagents`. It is installed without its UI and
+# browser dependencies, which the measured code does not import.
+bench-venv:
+	$(PYTHON) -m venv .bench-venv
+	.bench-venv/bin/pip install -q --no-deps tapeagents==0.1.16
+	.bench-venv/bin/pip install -q langgraph langgraph-checkpoint-sqlite aiohttp aiofiles 'termcolor~=2.4' \
+	  'litellm~=1.61' 'hydra-core~=1.3' numpy 'levenshtein~=0.25' 'anthropic>=0.49' requests tenacity \
+	  'jsonref~=1.1' pillow 'pyyaml~=6.0' 'openai~=1.55' 'tqdm~=4.66' 'transformers~=4.51.0' \
+	  'fastapi~=0.115' uvicorn
+
+bench: $(VENV)/.dev
+	$(OFFLINE) $(PY) benchmarks/step_overhead.py
+	$(OFFLINE) $(PY) benchmarks/store.py
 
 clean:
 	rm -rf $(VENV) .bench-venv build *.egg-info

@@ -30,12 +30,13 @@ assert len(ANSWER) == len(SEED) == 500
 
 def _tapeagents_0116():
     """A faithful 0.1.16 workload: Node.make_prompt + Node.generate_steps, driven by Agent.run."""
-    import tapeagents
     from importlib.metadata import version
 
+    from tapeagents.dialog_tape import AssistantThought, DialogTape, UserStep
+
+    import tapeagents
     from tapeagents.agent import Agent, Node
     from tapeagents.core import LLMOutput, Prompt, TrainingText
-    from tapeagents.dialog_tape import AssistantThought, DialogTape, UserStep
     from tapeagents.llms.base import LLM, LLMEvent, LLMStream
 
     assert "site-packages" in (tapeagents.__file__ or ""), tapeagents.__file__
@@ -152,8 +153,9 @@ def main() -> None:
     version, one_run = FRAMEWORKS[framework]()
     one_run(min(steps, 20))  # warm-up: imports, pydantic schemas, caches
     seconds = [one_run(steps) for _ in range(runs)]
-    print(json.dumps({"framework": framework, "version": version, "steps": steps,
-                      "seconds": seconds}))
+    print(
+        json.dumps({"framework": framework, "version": version, "steps": steps, "seconds": seconds})
+    )
 
 
 if __name__ == "__main__":

@@ -133,7 +133,10 @@ def measure_peer(python: Path, framework: str, n: int, runs: int, timeout: float
     with tempfile.TemporaryDirectory() as cwd:  # not the repo root: `tapeagents` must be 0.1.16
         proc = subprocess.run(
             [str(python), "-I", str(PEERS_SCRIPT), framework, str(n), str(runs)],
-            cwd=cwd, capture_output=True, text=True, timeout=timeout,
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
         )
     if proc.returncode != 0:
         raise RuntimeError(f"{framework} at {n} steps failed:\n{proc.stderr[-3000:]}")
@@ -213,14 +216,16 @@ def print_table(rows: list[Row], ours: dict[int, float]) -> None:
         return "-"
 
     header = ("framework", "steps", "runs", "median ms/step", "ratio vs ours", "note")
-    table = [(r.framework, f"{r.steps:,}", str(r.runs or "-"), ms(r), ratio(r), r.note) for r in rows]
+    table = [
+        (r.framework, f"{r.steps:,}", str(r.runs or "-"), ms(r), ratio(r), r.note) for r in rows
+    ]
     try:
         from rich.console import Console
         from rich.table import Table
     except ImportError:
-        widths = [max(len(str(x)) for x in col) for col in zip(header, *table)]
+        widths = [max(len(str(x)) for x in col) for col in zip(header, *table, strict=True)]
         for line in (header, *table):
-            print("  ".join(str(x).ljust(w) for x, w in zip(line, widths)).rstrip())
+            print("  ".join(str(x).ljust(w) for x, w in zip(line, widths, strict=True)).rstrip())
         return
     rich_table = Table(title="Framework overhead per agent step (instant LLM, no persistence)")
     for name in header:
@@ -235,15 +240,29 @@ def print_table(rows: list[Row], ours: dict[int, float]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--sizes", default=",".join(map(str, SIZES)),
-                        help="comma-separated tape lengths (default: 100,1000,10000)")
+    parser.add_argument(
+        "--sizes",
+        default=",".join(map(str, SIZES)),
+        help="comma-separated tape lengths (default: 100,1000,10000)",
+    )
     parser.add_argument("--no-peers", action="store_true", help="measure ours only")
-    parser.add_argument("--full", action="store_true",
-                        help="also run peer sizes estimated to take longer than --max-run-s (once)")
-    parser.add_argument("--max-run-s", type=float, default=120.0,
-                        help="skip a peer size whose single run is estimated above this (s)")
-    parser.add_argument("--cell-budget-s", type=float, default=60.0,
-                        help="run a slow peer size fewer times so that it takes about this long")
+    parser.add_argument(
+        "--full",
+        action="store_true",
+        help="also run peer sizes estimated to take longer than --max-run-s (once)",
+    )
+    parser.add_argument(
+        "--max-run-s",
+        type=float,
+        default=120.0,
+        help="skip a peer size whose single run is estimated above this (s)",
+    )
+    parser.add_argument(
+        "--cell-budget-s",
+        type=float,
+        default=60.0,
+        help="run a slow peer size fewer times so that it takes about this long",
+    )
     parser.add_argument("--profile", action="store_true", help="cProfile ours at 1,000 steps")
     parser.add_argument("--profile-steps", type=int, default=1_000)
     parser.add_argument("--top", type=int, default=15, help="hotspots to list with --profile")
@@ -253,11 +272,15 @@ def main() -> None:
 
     import tapeagents
 
-    print(f"Python {platform.python_version()} on {platform.machine()}, {os.cpu_count()} CPUs; "
-          f"ours: tapeagents {tapeagents.__version__} from {Path(tapeagents.__file__).parent}")
-    print("Workload: one node; prompt from the last step only; instant scripted LLM; one "
-          "500-char thought per step; tape grows from 1 seed step to N steps; "
-          "ms/step = median run time / (N - 1); no persistence.\n")
+    print(
+        f"Python {platform.python_version()} on {platform.machine()}, {os.cpu_count()} CPUs; "
+        f"ours: tapeagents {tapeagents.__version__} from {Path(tapeagents.__file__).parent}"
+    )
+    print(
+        "Workload: one node; prompt from the last step only; instant scripted LLM; one "
+        "500-char thought per step; tape grows from 1 seed step to N steps; "
+        "ms/step = median run time / (N - 1); no persistence.\n"
+    )
 
     rows: list[Row] = []
     ours: dict[int, float] = {}
@@ -269,8 +292,10 @@ def main() -> None:
 
     python = None if args.no_peers else bench_python()
     if not args.no_peers and python is None:
-        print(f"Peers skipped: the bench venv {BENCH_VENV} is missing. Create it with "
-              "`make bench-venv`, or by hand from the repository root:\n")
+        print(
+            f"Peers skipped: the bench venv {BENCH_VENV} is missing. Create it with "
+            "`make bench-venv`, or by hand from the repository root:\n"
+        )
         print(BENCH_VENV_COMMANDS + "\n")
     versions: dict[str, str] = {}
     if python is not None:
@@ -282,8 +307,10 @@ def main() -> None:
                 est_run_s = estimate_ms(points, n) * (n - 1) / 1000 if points else None
                 if est_run_s is not None and est_run_s > args.max_run_s and not args.full:
                     row.estimate_ms = estimate_ms(points, n)
-                    row.note = (f"skipped: one run would take ~{est_run_s:,.0f} s "
-                                f"(ms/step extrapolated linearly; --full runs it once)")
+                    row.note = (
+                        f"skipped: one run would take ~{est_run_s:,.0f} s "
+                        f"(ms/step extrapolated linearly; --full runs it once)"
+                    )
                     rows.append(row)
                     continue
                 if est_run_s is not None and est_run_s > args.max_run_s:
@@ -308,9 +335,10 @@ def main() -> None:
 
     worst = max(ours.values())
     verdict = "MET" if worst <= GOAL_MS else "NOT MET"
-    print(f"\nGoal for ours (<= {GOAL_MS} ms/step at every size, flat): {verdict}; "
-          f"worst {worst:.4f} ms/step; " + ", ".join(
-              f"{n:,}: {ms:.4f}" for n, ms in ours.items()))
+    print(
+        f"\nGoal for ours (<= {GOAL_MS} ms/step at every size, flat): {verdict}; "
+        f"worst {worst:.4f} ms/step; " + ", ".join(f"{n:,}: {ms:.4f}" for n, ms in ours.items())
+    )
     if len(ours) > 1:
         lo, hi = min(ours), max(ours)
         print(f"Flatness: ms/step at {hi:,} steps / at {lo:,} steps = {ours[hi] / ours[lo]:.2f}")
@@ -323,14 +351,18 @@ def main() -> None:
     if python is not None:
         for label, statement in (
             ("0.1.16      import tapeagents (empty __init__)       ", "import tapeagents"),
-            ("0.1.16      import tapeagents.agent, .orchestrator   ",
-             "import tapeagents.agent, tapeagents.orchestrator"),
+            (
+                "0.1.16      import tapeagents.agent, .orchestrator   ",
+                "import tapeagents.agent, tapeagents.orchestrator",
+            ),
             ("langgraph   import langgraph.graph                   ", "import langgraph.graph"),
         ):
             seconds = import_seconds(python, statement, ours=False)
             print(f"  {label}{seconds * 1000:8.1f} ms")
-        print("  (0.1.16's package __init__ is empty; `tapeagents.agent` is what building and "
-              "running an agent imports. Ours imports agent and run loop in `import tapeagents`.)")
+        print(
+            "  (0.1.16's package __init__ is empty; `tapeagents.agent` is what building and "
+            "running an agent imports. Ours imports agent and run loop in `import tapeagents`.)"
+        )
 
     if args.profile:
         print()

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import time
-import uuid
+import os
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, ClassVar, Generic, Literal, TypeVar
 
@@ -63,7 +63,7 @@ __all__ = [
 
 def new_id() -> str:
     """A fresh random id (32 hex characters)."""
-    return uuid.uuid4().hex
+    return os.urandom(16).hex()
 
 
 class StepMetadata(BaseModel):

@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import traceback
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from tapeagents.agent import Agent
@@ -99,8 +99,6 @@ class Finished:
     reason: StopReason
     error: str | None = None
     """What failed, when `reason` is "error"."""
-    llm_calls: list[LLMCall] = field(default_factory=list)
-    """The LLM calls made in this run, in order (what `ReplayLLM` needs to replay it)."""
 
 
 Event = StepAppended | LLMCallMade | TextStreamed | EnvironmentReacted | Finished
@@ -142,10 +140,12 @@ async def run(
 
     async def finish(reason: StopReason, error: str | None = None) -> Finished:
         await recorder.finish(reason)
-        return Finished(tape, reason, error, recorder.calls)
+        return Finished(tape, reason, error)
 
+    check_pending = True  # only a run's start, the environment and new actions change them
     while True:
-        pending = tape.pending_actions()
+        pending = tape.pending_actions() if check_pending else []
+        check_pending = False
         actions = [action for action in pending if not action.awaits_input]
         if actions:
             if env is None:
@@ -158,6 +158,7 @@ async def run(
                 appended += 1
                 observations.append(observation)
             yield EnvironmentReacted(observations)
+            check_pending = True
             continue
         if pending:
             yield await finish("awaiting_input")
@@ -185,6 +186,7 @@ async def run(
                     yield await recorder.append(item)
                     appended += 1
                     produced += 1
+                    check_pending = check_pending or isinstance(item, Action)
                     errors_in_a_row = errors_in_a_row + 1 if isinstance(item, ParsingFailure) else 0
                 elif isinstance(item, LLMCall):
                     recorder.call_made(item)
@@ -212,7 +214,6 @@ class _Recorder:
     def __init__(self, tape: Tape[Any, Any], store: TapeStore | None) -> None:
         self.tape = tape
         self.store = store
-        self.calls: list[LLMCall] = []
         self._unsaved_calls: list[LLMCall] = []
 
     async def start(self, agent_name: str) -> None:
@@ -232,8 +233,8 @@ class _Recorder:
                     )
 
     def call_made(self, call: LLMCall) -> None:
-        self.calls.append(call)
-        self._unsaved_calls.append(call)
+        if self.store is not None:
+            self._unsaved_calls.append(call)
 
     async def append(self, step: Step) -> StepAppended:
         self.tape.append(step)

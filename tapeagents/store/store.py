@@ -30,6 +30,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import DBAPIError, NoSuchModuleError, SQLAlchemyError
+from sqlalchemy.pool import StaticPool
 
 from tapeagents.core import Step, Tape, TapeMetadata, load_step
 from tapeagents.errors import StoreError, UsageError
@@ -163,7 +164,7 @@ class TapeStore:
         """The Alembic revision the database is at (None for an empty database)."""
         from alembic.runtime.migration import MigrationContext
 
-        with self.engine.connect() as connection:
+        with self._read() as connection:
             return MigrationContext.configure(connection).get_current_revision()
 
     def upgrade(self) -> None:
@@ -413,7 +414,7 @@ class TapeStore:
 
     def get(self, tape_id: str) -> Tape[Any, Any]:
         """The stored tape with all its steps (a fork's shared prefix included)."""
-        with self.engine.connect() as connection:
+        with self._read() as connection:
             row = connection.execute(select(tapes).where(tapes.c.id == tape_id)).first()
             if row is None:
                 raise self._missing(tape_id)
@@ -436,14 +437,14 @@ class TapeStore:
 
     def status(self, tape_id: str) -> str | None:
         """The stored status of a tape, or None if it is not stored."""
-        with self.engine.connect() as connection:
+        with self._read() as connection:
             return connection.execute(
                 select(tapes.c.status).where(tapes.c.id == tape_id)
             ).scalar()
 
     def resolve_id(self, prefix: str) -> str:
         """The full id of the one tape whose id starts with `prefix` (for the CLI)."""
-        with self.engine.connect() as connection:
+        with self._read() as connection:
             found = connection.execute(
                 select(tapes.c.id).where(tapes.c.id.startswith(prefix, autoescape=True)).limit(2)
             ).scalars().all()
@@ -509,18 +510,15 @@ class TapeStore:
         keys = list(refs)
         for i in range(0, len(keys), _CHUNK):
             chunk = keys[i : i + _CHUNK]
-            texts.update(
-                connection.execute(select(blobs.c.hash, blobs.c.text).where(blobs.c.hash.in_(chunk)))
-                .tuples()
-                .all()
-            )
+            query = select(blobs.c.hash, blobs.c.text).where(blobs.c.hash.in_(chunk))
+            texts.update((key, text) for key, text in connection.execute(query))
         return texts
 
     def get_llm_calls(self, ids: Iterable[str]) -> list[LLMCall]:
         """The stored LLM calls with these ids, in the given order (missing ones skipped)."""
         wanted = list(dict.fromkeys(ids))
         rows: dict[str, Any] = {}
-        with self.engine.connect() as connection:
+        with self._read() as connection:
             for i in range(0, len(wanted), _CHUNK):
                 chunk = wanted[i : i + _CHUNK]
                 for row in connection.execute(select(llm_calls).where(llm_calls.c.id.in_(chunk))):
@@ -585,7 +583,7 @@ class TapeStore:
         """
         query = self._filtered(select(tapes), agent, status, tag, since, until, text)
         query = query.order_by(tapes.c.created_at.desc(), tapes.c.id).limit(limit).offset(offset)
-        with self.engine.connect() as connection:
+        with self._read() as connection:
             rows = connection.execute(query).all()
             tags: dict[str, list[str]] = {row.id: [] for row in rows}
             if rows:
@@ -611,7 +609,7 @@ class TapeStore:
         query = self._filtered(
             select(func.count()).select_from(tapes), agent, status, tag, since, until, text
         )
-        with self.engine.connect() as connection:
+        with self._read() as connection:
             return int(connection.execute(query).scalar() or 0)
 
     def _filtered(self, query: Any, agent, status, tag, since, until, text) -> Any:  # type: ignore[no-untyped-def]
@@ -630,7 +628,7 @@ class TapeStore:
         if text:
             pattern = f"%{text}%"
             in_blobs = select(blobs.c.hash).where(blobs.c.text.like(pattern)).limit(100)
-            with self.engine.connect() as connection:
+            with self._read() as connection:
                 hashes = connection.execute(in_blobs).scalars().all()
             conditions = [steps.c.data.like(pattern)] + [
                 steps.c.data.like(f"%{h}%") for h in hashes
@@ -655,7 +653,7 @@ class TapeStore:
 
     def summary(self, tape_id: str) -> TapeSummary:
         """One tape's header."""
-        with self.engine.connect() as connection:
+        with self._read() as connection:
             row = connection.execute(select(tapes).where(tapes.c.id == tape_id)).first()
             if row is None:
                 raise self._missing(tape_id)
@@ -711,7 +709,7 @@ class TapeStore:
 
     def children(self, tape_id: str) -> list[TapeSummary]:
         """Tapes forked directly from this one, oldest first."""
-        with self.engine.connect() as connection:
+        with self._read() as connection:
             ids = connection.execute(
                 select(tapes.c.id).where(tapes.c.parent_id == tape_id).order_by(tapes.c.created_at)
             ).scalars().all()
@@ -756,7 +754,7 @@ class TapeStore:
         if older_than is None and tag is None:
             raise UsageError("Say which tapes to delete: older_than=..., tag=..., or both.")
         query = self._filtered(select(tapes.c.id), None, None, tag, None, older_than, None)
-        with self.engine.connect() as connection:
+        with self._read() as connection:
             ids = connection.execute(query).scalars().all()
         return self.delete(ids)
 
@@ -831,7 +829,7 @@ class TapeStore:
             yield self.get(tape_id)
 
     def _all_ids(self) -> list[str]:
-        with self.engine.connect() as connection:
+        with self._read() as connection:
             return list(
                 connection.execute(select(tapes.c.id).order_by(tapes.c.created_at)).scalars()
             )
@@ -839,7 +837,10 @@ class TapeStore:
     # ------------------------------------------------------------------ helpers
 
     def _write(self) -> Any:
-        return _WriteTransaction(self)
+        return _Transaction(self, write=True)
+
+    def _read(self) -> Any:
+        return _Transaction(self, write=False)
 
     def _missing(self, tape_id: str) -> StoreError:
         return StoreError(
@@ -854,33 +855,36 @@ class TapeStore:
         return f"TapeStore({self.display_url!r})"
 
 
-class _WriteTransaction:
-    """`engine.begin()` that turns database failures into `StoreError`s naming the store."""
+class _Transaction:
+    """A connection (in a transaction when writing) whose database failures become
+    `StoreError`s that name the store."""
 
-    def __init__(self, store: TapeStore) -> None:
+    def __init__(self, store: TapeStore, *, write: bool) -> None:
         self.store = store
+        self.verb = "write to" if write else "read from"
+        self.write = write
         self._context: Any = None
 
+    def _error(self, error: SQLAlchemyError) -> StoreError:
+        return StoreError(
+            f"Cannot {self.verb} the tape store at {self.store.display_url}: {_reason(error)}"
+        )
+
     def __enter__(self) -> Connection:
+        engine = self.store.engine
         try:
-            self._context = self.store.engine.begin()
+            self._context = engine.begin() if self.write else engine.connect()
             return self._context.__enter__()
         except SQLAlchemyError as error:
-            raise StoreError(
-                f"Cannot write to the tape store at {self.store.display_url}: {_reason(error)}"
-            ) from None
+            raise self._error(error) from None
 
     def __exit__(self, kind: Any, error: Any, traceback: Any) -> bool:
         try:
             self._context.__exit__(kind, error, traceback)
         except SQLAlchemyError as failure:
-            raise StoreError(
-                f"Cannot write to the tape store at {self.store.display_url}: {_reason(failure)}"
-            ) from None
+            raise self._error(failure) from None
         if isinstance(error, SQLAlchemyError):
-            raise StoreError(
-                f"Cannot write to the tape store at {self.store.display_url}: {_reason(error)}"
-            ) from None
+            raise self._error(error) from None
         return False
 
 
@@ -925,9 +929,14 @@ def _create_engine(url: str) -> Engine:
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         database = parsed.database
+        options: dict[str, Any] = {}
         if database and database != ":memory:":
             Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+        else:  # one in-memory database, so every connection must be the same one
+            options["poolclass"] = StaticPool
+        engine = create_engine(
+            url, connect_args={"timeout": 30, "check_same_thread": False}, **options
+        )
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

@@ -18,8 +18,11 @@ if importlib.util.find_spec("torch") is None or importlib.util.find_spec("llm_sm
 def test_hello_agent_runs_on_the_local_model() -> None:
     from tapeagents.llms import LocalLLM
 
+    from tapeagents.store import TapeStore
+
     agent, env = make_agent(LocalLLM(max_new_tokens=24))
-    result = run_sync(agent, "What is 12 times 7?", env, max_steps=4)
+    store = TapeStore("sqlite:///:memory:")
+    result = run_sync(agent, "What is 12 times 7?", env, max_steps=4, store=store)
     steps = result.tape.steps[1:]
     assert steps, "the model produced no step"
     # whatever the small model says, it lands on the tape as typed steps tied to a real call
@@ -29,7 +32,7 @@ def test_hello_agent_runs_on_the_local_model() -> None:
     )
     first = steps[0]
     assert first.metadata.llm_call_id is not None and first.metadata.node == "chat"
-    call = result.llm_calls[0]
+    call = store.llm_calls_of(result.tape)[0]
     assert call.id == first.metadata.llm_call_id
     assert call.usage.prompt_tokens > 20 and call.usage.completion_tokens > 0
     assert call.output.logprobs and len(call.output.logprobs) == call.usage.completion_tokens

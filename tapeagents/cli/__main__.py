@@ -1,0 +1,5 @@
+"""`python -m tapeagents.cli`."""
+
+from tapeagents.cli import app
+
+app(prog_name="tapeagents")

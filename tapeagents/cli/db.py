@@ -1,0 +1,64 @@
+"""`tapeagents db`: the store's schema and size."""
+
+from __future__ import annotations
+
+import typer
+from rich.table import Table
+
+from tapeagents.cli.common import DbOption, Group, open_store, out
+
+__all__ = ["app"]
+
+app = typer.Typer(
+    cls=Group,
+    help="Inspect and upgrade the tape store's database.",
+    no_args_is_help=True,
+)
+
+
+@app.command()
+def upgrade(db: DbOption = None) -> None:
+    """Create the store's tables, or migrate them to this version of tapeagents."""
+    from tapeagents.store.schema import SCHEMA_VERSION
+
+    with open_store(db, create=True, upgrade=False) as store:
+        before = store.schema_revision()
+        store.upgrade()
+        url = store.display_url
+    if before == SCHEMA_VERSION:
+        out().print(f"{url} is up to date (schema revision {SCHEMA_VERSION}).")
+    elif before is None:
+        out().print(f"Created the tape store at {url} (schema revision {SCHEMA_VERSION}).")
+    else:
+        out().print(f"Upgraded {url} from schema revision {before} to {SCHEMA_VERSION}.")
+
+
+@app.command()
+def info(db: DbOption = None) -> None:
+    """Show the store's URL (password hidden), schema revision and size."""
+    from sqlalchemy import func, select
+
+    from tapeagents.store.schema import SCHEMA_VERSION, llm_calls, steps
+
+    with open_store(db, upgrade=False) as store:
+        revision = store.schema_revision()
+        grid = Table.grid(padding=(0, 2))
+        grid.add_column(style="dim")
+        grid.add_column()
+        grid.add_row("url", store.display_url)
+        if revision == SCHEMA_VERSION:
+            grid.add_row("schema", f"revision {revision} (up to date)")
+        else:
+            grid.add_row(
+                "schema",
+                f"[yellow]revision {revision or 'none'}; this tapeagents writes "
+                f"{SCHEMA_VERSION}. Run `tapeagents db upgrade`.[/]",
+            )
+        if revision is not None:
+            with store.engine.connect() as connection:
+                stored_steps = connection.execute(select(func.count()).select_from(steps)).scalar()
+                calls = connection.execute(select(func.count()).select_from(llm_calls)).scalar()
+            grid.add_row("tapes", str(store.count()))
+            grid.add_row("steps", f"{stored_steps} (a fork's shared steps are stored once)")
+            grid.add_row("llm calls", str(calls))
+    out().print(grid)

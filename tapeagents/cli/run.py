@@ -1,0 +1,184 @@
+"""Commands that run an agent on a stored tape: resume, replay."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from contextlib import AsyncExitStack
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from tapeagents.cli import render
+from tapeagents.cli.common import (
+    DbOption,
+    err,
+    load_agent,
+    load_environment,
+    open_store,
+    out,
+    short,
+)
+from tapeagents.core import UserMessage
+from tapeagents.errors import ReplayMismatch, UsageError
+from tapeagents.orchestrator import Finished, StepAppended, run
+
+if TYPE_CHECKING:
+    from tapeagents.agent import Agent
+    from tapeagents.core import Tape
+    from tapeagents.environment import Environment
+    from tapeagents.store import TapeStore
+
+__all__ = ["app"]
+
+app = typer.Typer()
+
+PANEL = "Runs"
+
+AgentOption = Annotated[
+    str,
+    typer.Option(
+        "--agent",
+        metavar="MODULE:ATTR",
+        help="The agent: an Agent, or a function with no arguments returning one or "
+        "(agent, env), as package.module:attribute.",
+    ),
+]
+EnvOption = Annotated[
+    str | None,
+    typer.Option(
+        "--env",
+        metavar="MODULE:ATTR",
+        help="The environment: an Environment, or a function with no arguments returning one.",
+    ),
+]
+IdArgument = Annotated[str, typer.Argument(metavar="ID", help="Tape id or a unique prefix.")]
+
+_HINTS = {
+    "awaiting_input": "the agent waits for the user; answer with --message TEXT",
+    "no_environment": "actions are pending; pass --env MODULE:ATTR to answer them",
+    "max_steps": "the step limit was reached; resume again to continue",
+}
+
+
+def _agent_and_env(agent_path: str, env_path: str | None) -> tuple[Agent, Environment | None]:
+    agent, env = load_agent(agent_path)
+    if env_path is not None:
+        env = load_environment(env_path)
+    return agent, env
+
+
+@app.command(rich_help_panel=PANEL)
+def resume(
+    tape_id: IdArgument,
+    agent_path: AgentOption,
+    env_path: EnvOption = None,
+    max_steps: Annotated[
+        int, typer.Option(min=1, help="Stop after appending this many steps.")
+    ] = 100,
+    message: Annotated[
+        str | None, typer.Option(help="Append this user message before running.")
+    ] = None,
+    db: DbOption = None,
+) -> None:
+    """Continue a stored tape with an agent, printing steps as they are appended."""
+    agent, env = _agent_and_env(agent_path, env_path)
+    with open_store(db) as store:
+        full_id = store.resolve_id(tape_id)
+        tape = store.get(full_id)
+        made_by = store.summary(full_id).agent
+        if made_by and made_by != agent.name:
+            err().print(
+                f"[dim]Note: tape {short(full_id)} was made by agent {made_by!r}; "
+                f"resuming it with {agent.name!r}.[/]"
+            )
+        if message is not None:
+            tape.append(UserMessage(content=message))
+        console = out()
+        if message is not None:
+            console.print(render.step_line(len(tape) - 1, tape.steps[-1]))
+        try:
+            finished, appended = asyncio.run(
+                _drive(agent, tape, env, max_steps=max_steps, store=store)
+            )
+        except Exception:
+            err().print(
+                f"[bold red]The agent raised an exception;[/] the failure is recorded on tape "
+                f"{short(full_id)} (status error)."
+            )
+            raise
+        db_hint = f" --db {store.display_url}" if db else ""
+    reason = finished.reason
+    style = "red" if reason == "error" else "green"
+    console.print(
+        f"[{style}]Finished: {reason}[/] after {appended} new step{'' if appended == 1 else 's'}"
+        f" ({render.totals(finished.llm_calls)})."
+    )
+    if finished.error:
+        console.print(finished.error, style="red", markup=False)
+    if reason in _HINTS:
+        console.print(f"[dim]Next: {_HINTS[reason]}.[/]")
+    console.print(f"See the tape with: tapeagents show {short(tape.id)}{db_hint}")
+    if reason == "error":
+        raise typer.Exit(1)
+
+
+async def _drive(
+    agent: Agent,
+    tape: Tape[Any, Any],
+    env: Environment | None,
+    *,
+    max_steps: int,
+    store: TapeStore,
+) -> tuple[Finished, int]:
+    """Run the agent, printing each step as it is stored; return `Finished` and the step count."""
+    console = out()
+    appended = 0
+    async with AsyncExitStack() as stack:
+        if env is not None:
+            await stack.enter_async_context(env)
+        async for event in run(agent, tape, env, max_steps=max_steps, store=store):
+            if isinstance(event, StepAppended):
+                console.print(render.step_line(event.index, event.step))
+                appended += 1
+            elif isinstance(event, Finished):
+                return event, appended
+    raise AssertionError("run() ended without a Finished event")
+
+
+@app.command(rich_help_panel=PANEL)
+def replay(
+    tape_id: IdArgument,
+    agent_path: AgentOption,
+    env_path: EnvOption = None,
+    db: DbOption = None,
+) -> None:
+    """Re-run an agent against a tape's recorded LLM calls and report the first difference.
+
+    Exits with 0 when the agent reproduces the tape and 1 when it does not.
+    """
+    try:
+        from tapeagents.replay import replay as replay_tape
+    except ImportError:
+        raise UsageError(
+            "This version of tapeagents has no tapeagents.replay module; upgrade tapeagents."
+        ) from None
+    agent, env = _agent_and_env(agent_path, env_path)
+    with open_store(db) as store:
+        tape = store.get(store.resolve_id(tape_id))
+        llm_calls = store.llm_calls_of(tape)
+    try:
+        report = replay_tape(agent, tape, llm_calls=llm_calls, env=env)
+        if inspect.isawaitable(report):
+            report = asyncio.run(_await(report))
+    except ReplayMismatch as mismatch:
+        err().print(f"[bold red]Replay differs:[/] {mismatch}")
+        raise typer.Exit(1) from None
+    text = report.explain() if hasattr(report, "explain") else str(report)
+    typer.echo(text)  # as is: the report may hold a diff that wrapping would garble
+    if not report.passed:
+        raise typer.Exit(1)
+
+
+async def _await(awaitable: Any) -> Any:
+    return await awaitable
