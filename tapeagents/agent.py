@@ -13,6 +13,7 @@ its step types to the model as tools (or as a JSON format), and parses the answe
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -176,6 +177,13 @@ class Agent:
             if index is not None:
                 return agent.nodes[(index + 1) % len(agent.nodes)]
         return agent.nodes[0]
+
+    def with_llm(self, llm: LLM) -> Agent:
+        """A copy of this agent (and its subagents) whose every LLM is `llm`; used by replay."""
+        clone = copy.copy(self)
+        clone.llms = {name: llm for name in self.llms} or {"default": llm}
+        clone.subagents = {name: sub.with_llm(llm) for name, sub in self.subagents.items()}
+        return clone
 
     def plan(self, tape: Tape[Any, Any]) -> tuple[str, Node]:
         """Which agent (by path) holds the tape, and which of its nodes acts next."""
