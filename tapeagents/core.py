@@ -13,8 +13,8 @@ its data and writes it back unchanged.
 from __future__ import annotations
 
 import json
-import time
 import os
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, ClassVar, Generic, Literal, TypeVar
 

@@ -1,4 +1,4 @@
-"""Replay: re-run an agent over a recorded tape and find the first step where it behaves differently.
+"""Replay: re-run an agent over a recorded tape; find the first step where it behaves differently.
 
 The agent's LLMs are replaced by a `ReplayLLM` over the tape's recorded calls, and the world's
 answers come from the tape itself (or from a live environment). Whenever the agent acts, its new
@@ -91,7 +91,9 @@ async def replay(
     """
     if llm_calls is None:
         if store is None:
-            raise UsageError("Pass the recorded calls: replay(..., store=store) or llm_calls=[...].")
+            raise UsageError(
+                "Pass the recorded calls: replay(..., store=store) or llm_calls=[...]."
+            )
         llm_calls = store.llm_calls_of(tape)
     replaying = agent.with_llm(ReplayLLM(llm_calls)) if llm_calls else agent
     new: Tape[Any, Any] = Tape(id=tape.id, context=tape.context)

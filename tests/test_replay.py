@@ -61,7 +61,9 @@ def test_changed_parsing_is_reported_with_both_versions(recorded) -> None:
             return steps
 
     tools = ToolEnvironment([multiply]).tools
-    agent = Agent("calc", nodes=[Stricter(system_prompt="Use tools.", tools=tools)], llms=ScriptedLLM([]))
+    agent = Agent(
+        "calc", nodes=[Stricter(system_prompt="Use tools.", tools=tools)], llms=ScriptedLLM([])
+    )
     report = replay_sync(agent, store.get(tape_id), store=store)
     assert (report.passed, report.first_difference) == (False, 3)
     assert report.expected.kind == "assistant" and report.actual.kind == "final_answer"  # type: ignore[union-attr]

@@ -92,7 +92,9 @@ def short(tape_id: str | None) -> str:
 
 
 @contextmanager
-def open_store(db: str | None, *, create: bool = False, upgrade: bool = True) -> Iterator[TapeStore]:
+def open_store(
+    db: str | None, *, create: bool = False, upgrade: bool = True
+) -> Iterator[TapeStore]:
     """Open the tape store at `db` ($TAPEAGENTS_DB, else ./tapes.db) and close it afterwards.
 
     Unless `create`, a SQLite file that does not exist is an error rather than a new empty
@@ -188,8 +190,7 @@ def _import(path: str, option: str) -> Any:
         ) from None
     except Exception as error:
         raise UsageError(
-            f"{option} {path!r}: importing module {module_name!r} raised "
-            f"{_describe(error)}."
+            f"{option} {path!r}: importing module {module_name!r} raised {_describe(error)}."
         ) from None
     obj: Any = module
     for part in attribute.split("."):

@@ -86,8 +86,11 @@ def header_table(
         grid.add_row("tags", escape(", ".join(summary.tags)))
     if ancestors:
         chain = " ← ".join(f"{short(a.id)}" for a in ancestors)
-        grid.add_row("parent", f"{short(summary.parent_id)} at step {summary.fork_index}"
-                     + (f"  (lineage: {chain})" if len(ancestors) > 1 else ""))
+        grid.add_row(
+            "parent",
+            f"{short(summary.parent_id)} at step {summary.fork_index}"
+            + (f"  (lineage: {chain})" if len(ancestors) > 1 else ""),
+        )
     elif summary.parent_id:
         grid.add_row("parent", f"{short(summary.parent_id)} (not in this store)")
     if children:
@@ -141,7 +144,7 @@ def steps_table(
     calls: Mapping[str, LLMCall] | None = None,
 ) -> Table:
     """The tape's steps; with `calls`, each LLM call is shown under the steps it produced."""
-    table = Table(title=f"Tape {tape.id}", title_justify="left", expand=False)
+    table = Table(expand=False)
     table.add_column("#", justify="right", style="dim")
     table.add_column("kind")
     table.add_column("by", style="dim")

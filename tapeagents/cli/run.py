@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import inspect
+import os
 from contextlib import AsyncExitStack
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -19,14 +19,15 @@ from tapeagents.cli.common import (
     out,
     short,
 )
-from tapeagents.core import UserMessage
-from tapeagents.errors import ReplayMismatch, UsageError
-from tapeagents.orchestrator import Finished, StepAppended, run
+from tapeagents.core import NodeFailure, UserMessage
+from tapeagents.llms import LLMCall
+from tapeagents.orchestrator import Finished, LLMCallMade, StepAppended, run
 
 if TYPE_CHECKING:
     from tapeagents.agent import Agent
     from tapeagents.core import Tape
     from tapeagents.environment import Environment
+    from tapeagents.replay import ReplayReport
     from tapeagents.store import TapeStore
 
 __all__ = ["app"]
@@ -98,21 +99,23 @@ def resume(
         if message is not None:
             console.print(render.step_line(len(tape) - 1, tape.steps[-1]))
         try:
-            finished, appended = asyncio.run(
+            finished, appended, calls = asyncio.run(
                 _drive(agent, tape, env, max_steps=max_steps, store=store)
             )
         except Exception:
-            err().print(
-                f"[bold red]The agent raised an exception;[/] the failure is recorded on tape "
-                f"{short(full_id)} (status error)."
-            )
+            if isinstance(tape.last, NodeFailure):
+                err().print(
+                    f"[bold red]The agent raised an exception;[/] the failure is recorded on tape "
+                    f"{short(full_id)} (status error)."
+                )
             raise
-        db_hint = f" --db {store.display_url}" if db else ""
+        from_env = db is not None and db == os.environ.get("TAPEAGENTS_DB")
+        db_hint = f" --db {store.display_url}" if db and not from_env else ""
     reason = finished.reason
     style = "red" if reason == "error" else "green"
     console.print(
         f"[{style}]Finished: {reason}[/] after {appended} new step{'' if appended == 1 else 's'}"
-        f" ({render.totals(finished.llm_calls)})."
+        f" ({render.totals(calls)})."
     )
     if finished.error:
         console.print(finished.error, style="red", markup=False)
@@ -130,10 +133,15 @@ async def _drive(
     *,
     max_steps: int,
     store: TapeStore,
-) -> tuple[Finished, int]:
-    """Run the agent, printing each step as it is stored; return `Finished` and the step count."""
+) -> tuple[Finished, int, list[LLMCall]]:
+    """Run the agent, printing each step as it is stored.
+
+    Returns:
+        The `Finished` event, how many steps the run appended and the LLM calls it made.
+    """
     console = out()
     appended = 0
+    calls: list[LLMCall] = []
     async with AsyncExitStack() as stack:
         if env is not None:
             await stack.enter_async_context(env)
@@ -141,8 +149,10 @@ async def _drive(
             if isinstance(event, StepAppended):
                 console.print(render.step_line(event.index, event.step))
                 appended += 1
+            elif isinstance(event, LLMCallMade):
+                calls.append(event.call)
             elif isinstance(event, Finished):
-                return event, appended
+                return event, appended, calls
     raise AssertionError("run() ended without a Finished event")
 
 
@@ -155,30 +165,25 @@ def replay(
 ) -> None:
     """Re-run an agent against a tape's recorded LLM calls and report the first difference.
 
-    Exits with 0 when the agent reproduces the tape and 1 when it does not.
+    The world's answers come from the tape, or from --env when given. Exits with 0 when the
+    agent reproduces the tape and 1 when it does not.
     """
-    try:
-        from tapeagents.replay import replay as replay_tape
-    except ImportError:
-        raise UsageError(
-            "This version of tapeagents has no tapeagents.replay module; upgrade tapeagents."
-        ) from None
     agent, env = _agent_and_env(agent_path, env_path)
     with open_store(db) as store:
         tape = store.get(store.resolve_id(tape_id))
         llm_calls = store.llm_calls_of(tape)
-    try:
-        report = replay_tape(agent, tape, llm_calls=llm_calls, env=env)
-        if inspect.isawaitable(report):
-            report = asyncio.run(_await(report))
-    except ReplayMismatch as mismatch:
-        err().print(f"[bold red]Replay differs:[/] {mismatch}")
-        raise typer.Exit(1) from None
-    text = report.explain() if hasattr(report, "explain") else str(report)
-    typer.echo(text)  # as is: the report may hold a diff that wrapping would garble
+    report = asyncio.run(_replay(agent, tape, llm_calls, env))
+    typer.echo(report.explain())  # as is: the report may hold a diff that wrapping would garble
     if not report.passed:
         raise typer.Exit(1)
 
 
-async def _await(awaitable: Any) -> Any:
-    return await awaitable
+async def _replay(
+    agent: Agent, tape: Tape[Any, Any], llm_calls: list[LLMCall], env: Environment | None
+) -> ReplayReport:
+    from tapeagents.replay import replay
+
+    async with AsyncExitStack() as stack:
+        if env is not None:
+            await stack.enter_async_context(env)
+        return await replay(agent, tape, llm_calls=llm_calls, env=env)

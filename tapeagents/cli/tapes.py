@@ -74,9 +74,7 @@ def list_tapes(
 @app.command(rich_help_panel=PANEL)
 def show(
     tape_id: Annotated[str, typer.Argument(metavar="ID", help="Tape id or a unique prefix.")],
-    full: Annotated[
-        bool, typer.Option("--full", help="Show long step contents in full.")
-    ] = False,
+    full: Annotated[bool, typer.Option("--full", help="Show long step contents in full.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the tape as JSON.")] = False,
     calls: Annotated[
         bool, typer.Option("--calls", help="Show each LLM call under the steps it produced.")
@@ -112,9 +110,7 @@ def show(
 @app.command(rich_help_panel=PANEL)
 def fork(
     tape_id: Annotated[str, typer.Argument(metavar="ID", help="Tape id or a unique prefix.")],
-    at: Annotated[
-        int, typer.Option("--at", help="Keep this many of the tape's first steps.")
-    ],
+    at: Annotated[int, typer.Option("--at", help="Keep this many of the tape's first steps.")],
     db: DbOption = None,
 ) -> None:
     """Fork a tape: a new stored tape with its first K steps, ready to resume differently."""
@@ -197,7 +193,10 @@ def import_(
     path: Annotated[
         Path,
         typer.Argument(
-            metavar="FILE.jsonl", exists=True, dir_okay=False, readable=True,
+            metavar="FILE.jsonl",
+            exists=True,
+            dir_okay=False,
+            readable=True,
             help="A file written by `tapeagents export`.",
         ),
     ],

@@ -438,16 +438,20 @@ class TapeStore:
     def status(self, tape_id: str) -> str | None:
         """The stored status of a tape, or None if it is not stored."""
         with self._read() as connection:
-            return connection.execute(
-                select(tapes.c.status).where(tapes.c.id == tape_id)
-            ).scalar()
+            return connection.execute(select(tapes.c.status).where(tapes.c.id == tape_id)).scalar()
 
     def resolve_id(self, prefix: str) -> str:
         """The full id of the one tape whose id starts with `prefix` (for the CLI)."""
         with self._read() as connection:
-            found = connection.execute(
-                select(tapes.c.id).where(tapes.c.id.startswith(prefix, autoescape=True)).limit(2)
-            ).scalars().all()
+            found = (
+                connection.execute(
+                    select(tapes.c.id)
+                    .where(tapes.c.id.startswith(prefix, autoescape=True))
+                    .limit(2)
+                )
+                .scalars()
+                .all()
+            )
         if not found:
             raise self._missing(prefix)
         if len(found) > 1:
@@ -657,9 +661,11 @@ class TapeStore:
             row = connection.execute(select(tapes).where(tapes.c.id == tape_id)).first()
             if row is None:
                 raise self._missing(tape_id)
-            tags = connection.execute(
-                select(tape_tags.c.tag).where(tape_tags.c.tape_id == tape_id)
-            ).scalars().all()
+            tags = (
+                connection.execute(select(tape_tags.c.tag).where(tape_tags.c.tape_id == tape_id))
+                .scalars()
+                .all()
+            )
         return self._summary(row, list(tags))
 
     # ------------------------------------------------------------------ lineage
@@ -710,9 +716,15 @@ class TapeStore:
     def children(self, tape_id: str) -> list[TapeSummary]:
         """Tapes forked directly from this one, oldest first."""
         with self._read() as connection:
-            ids = connection.execute(
-                select(tapes.c.id).where(tapes.c.parent_id == tape_id).order_by(tapes.c.created_at)
-            ).scalars().all()
+            ids = (
+                connection.execute(
+                    select(tapes.c.id)
+                    .where(tapes.c.parent_id == tape_id)
+                    .order_by(tapes.c.created_at)
+                )
+                .scalars()
+                .all()
+            )
         return [self.summary(i) for i in ids]
 
     def tree(self, tape_id: str) -> TapeTree:
@@ -735,7 +747,10 @@ class TapeStore:
         count = 0
         for tape_id in tape_ids:
             with self._write() as connection:
-                if connection.execute(select(tapes.c.id).where(tapes.c.id == tape_id)).first() is None:
+                if (
+                    connection.execute(select(tapes.c.id).where(tapes.c.id == tape_id)).first()
+                    is None
+                ):
                     raise self._missing(tape_id)
                 children = connection.execute(
                     select(tapes.c.id, tapes.c.prefix_length).where(tapes.c.parent_id == tape_id)
@@ -813,11 +828,15 @@ class TapeStore:
                     tape = Tape.model_validate(record["tape"])
                     calls = [LLMCall.model_validate(c) for c in record.get("llm_calls", [])]
                 except (ValueError, KeyError, TypeError) as error:
-                    raise StoreError(f"{path}, line {number}: not a tape record ({error}).") from None
+                    raise StoreError(
+                        f"{path}, line {number}: not a tape record ({error})."
+                    ) from None
                 if self.status(tape.id) is not None:
                     continue
                 self.save(
-                    tape, status=record.get("status") or "imported", agent=record.get("agent"),
+                    tape,
+                    status=record.get("status") or "imported",
+                    agent=record.get("agent"),
                     llm_calls=calls,
                 )
                 count += 1
@@ -910,7 +929,9 @@ class _StoreCache(MutableMapping[str, LLMOutput]):
 
     def __len__(self) -> int:
         with self.store.engine.connect() as connection:
-            return int(connection.execute(select(func.count()).select_from(llm_calls)).scalar() or 0)
+            return int(
+                connection.execute(select(func.count()).select_from(llm_calls)).scalar() or 0
+            )
 
 
 def _jsonable(value: Any) -> Any:

@@ -174,9 +174,10 @@ def test_export_then_import_into_a_fresh_store(
     assert "Imported 4 tapes" in imported.output
     assert "already in the store" in copy("import", str(out)).output
     for tape_id in ids.values():
-        assert copy("show", tape_id, "--json").stdout == make_invoke(url)(
-            "show", tape_id, "--json"
-        ).stdout
+        assert (
+            copy("show", tape_id, "--json").stdout
+            == make_invoke(url)("show", tape_id, "--json").stdout
+        )
     assert "(4 tapes)" in copy("ls").output
 
     some = tmp_path / "some.jsonl"

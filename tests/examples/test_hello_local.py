@@ -17,7 +17,6 @@ if importlib.util.find_spec("torch") is None or importlib.util.find_spec("llm_sm
 
 def test_hello_agent_runs_on_the_local_model() -> None:
     from tapeagents.llms import LocalLLM
-
     from tapeagents.store import TapeStore
 
     agent, env = make_agent(LocalLLM(max_new_tokens=24))

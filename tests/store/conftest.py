@@ -23,8 +23,12 @@ def postgres_database() -> Iterator[str]:
     """A fresh, empty PostgreSQL database for one test; dropped afterwards."""
     if not POSTGRES_URL:
         if os.environ.get("TAPEAGENTS_REQUIRE_POSTGRES") == "1":
-            pytest.fail("TAPEAGENTS_TEST_POSTGRES_URL is not set; run through scripts/with-postgres.sh")
-        pytest.skip("no PostgreSQL: run the tests through scripts/with-postgres.sh (make test does)")
+            pytest.fail(
+                "TAPEAGENTS_TEST_POSTGRES_URL is not set; run through scripts/with-postgres.sh"
+            )
+        pytest.skip(
+            "no PostgreSQL: run the tests through scripts/with-postgres.sh (make test does)"
+        )
     import sqlalchemy as sa
 
     name = f"test_{uuid.uuid4().hex[:12]}"

@@ -183,7 +183,9 @@ def test_export_import_round_trip(store: TapeStore, tmp_path: Path) -> None:
     assert other.import_jsonl(path) == 2
     assert other.get(original.id).model_dump_json() == original.model_dump_json()
     assert other.get(forked.id).parent_id == original.id
-    assert [c.id for c in other.llm_calls_of(original)] == [c.id for c in store.llm_calls_of(original)]
+    assert [c.id for c in other.llm_calls_of(original)] == [
+        c.id for c in store.llm_calls_of(original)
+    ]
     assert other.import_jsonl(path) == 0  # already there
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"tape": {"steps": []}}\nnot json\n')
@@ -236,7 +238,10 @@ def test_schema_is_migrated_on_open_and_matches_the_models(store_url: str) -> No
 
 
 def test_an_unreachable_database_is_a_clear_error() -> None:
-    with pytest.raises(StoreError, match="Cannot open the tape store at postgresql\\+psycopg://u:\\*\\*\\*@127.0.0.1:1/x"):
+    with pytest.raises(
+        StoreError,
+        match="Cannot open the tape store at postgresql\\+psycopg://u:\\*\\*\\*@127.0.0.1:1/x",
+    ):
         TapeStore("postgresql+psycopg://u:secret@127.0.0.1:1/x")
 
 
