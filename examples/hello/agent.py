@@ -13,6 +13,7 @@ import operator
 from tapeagents import Agent, LLMNode, Tape, ToolEnvironment, UserMessage, run_sync
 from tapeagents.display import print_tape
 from tapeagents.llms import LLM, resolve_llm
+from tapeagents.store import TapeStore
 
 SYSTEM_PROMPT = """You are a helpful assistant. Answer briefly.
 Use the calculator tool for any arithmetic."""
@@ -57,11 +58,17 @@ def main(argv: list[str] | None = None) -> Tape:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("question", nargs="?", default="What is 12 times 7?")
     parser.add_argument("--model", default="local", help="model string (default: local)")
+    parser.add_argument("--db", default=None, help="tape store URL (default: ./tapes.db)")
     args = parser.parse_args(argv)
     agent, env = make_agent(args.model)
-    result = run_sync(agent, Tape(steps=[UserMessage(content=args.question)]), env, max_steps=10)
+    store = TapeStore(args.db)
+    tape = Tape(steps=[UserMessage(content=args.question)])
+    result = run_sync(agent, tape, env, max_steps=10, store=store)
     print_tape(result.tape)
-    print(f"Run finished: {result.reason}")
+    print(f"Run finished: {result.reason}. The tape is stored in {store.display_url}:")
+    print(f"  tapeagents show {result.tape.id[:8]}      # the steps, readably")
+    print(f"  tapeagents show {result.tape.id[:8]} --calls  # with the LLM calls behind them")
+    print("  tapeagents ls                # all stored tapes")
     return result.tape
 
 

@@ -26,8 +26,13 @@ def test_calculator_is_safe_and_says_what_it_cannot_do() -> None:
         calculator("__import__('os').system('true')")
 
 
-def test_main_prints_the_tape(capsys: pytest.CaptureFixture[str]) -> None:
-    tape = main(["What is 1 + 1?", "--model", "scripted"])
+def test_main_prints_and_stores_the_tape(capsys: pytest.CaptureFixture[str], tmp_path) -> None:
+    db = f"sqlite:///{tmp_path / 'tapes.db'}"
+    tape = main(["What is 1 + 1?", "--model", "scripted", "--db", db])
     out = capsys.readouterr().out
     assert tape.kinds() == ["user", "assistant"]
     assert "What is 1 + 1?" in out and "Run finished: awaiting_input" in out
+    assert f"tapeagents show {tape.id[:8]}" in out
+    from tapeagents.store import TapeStore
+
+    assert TapeStore(db).get(tape.id).model_dump_json() == tape.model_dump_json()
