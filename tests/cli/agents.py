@@ -53,3 +53,18 @@ def needs_arguments(model: str) -> Agent:
 
 def broken_factory() -> Agent:
     raise RuntimeError("no API key")
+
+
+def changed_calc_agent() -> Agent:
+    """`calc_agent` with a new system prompt: its prompts no longer match the recording."""
+    return Agent(
+        "calc",
+        nodes=[
+            LLMNode(
+                system_prompt="Be terse.",
+                steps=[AssistantMessage, FinalAnswer],
+                tools=calc_env().tools,
+            )
+        ],
+        llms=ScriptedLLM(calc_answers),
+    )

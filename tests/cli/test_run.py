@@ -101,3 +101,26 @@ def test_a_bad_env_path(cli: Invoke, ids: dict[str, str]) -> None:
     result = cli("resume", ids["hello"], "--agent", CHAT, "--env", "tests.cli.agents:chat_agent")
     assert result.exit_code == 2
     assert "--env 'tests.cli.agents:chat_agent' is not an Environment" in result.stderr
+
+
+def test_replay_passes_for_the_same_agent(cli: Invoke, ids: dict[str, str]) -> None:
+    result = cli("replay", ids["calc"][:8], "--agent", "tests.cli.agents:calc_agent")
+    assert result.exit_code == 0, result.output
+    assert "replay passed (4 steps checked)" in result.stdout
+    live = cli(
+        "replay",
+        ids["calc"],
+        "--agent",
+        "tests.cli.agents:calc_agent",
+        "--env",
+        "tests.cli.agents:calc_env",
+    )
+    assert live.exit_code == 0, live.output
+
+
+def test_replay_reports_the_first_difference(cli: Invoke, ids: dict[str, str]) -> None:
+    result = cli("replay", ids["calc"], "--agent", "tests.cli.agents:changed_calc_agent")
+    assert result.exit_code == 1, result.output
+    assert "replay differs at step 1" in result.stdout
+    assert "recorded: tool_call" in result.stdout
+    assert "Be terse." in result.stdout  # the prompt diff is in the report
