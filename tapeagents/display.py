@@ -21,7 +21,7 @@ from tapeagents.core import (
     ToolResult,
 )
 
-__all__ = ["print_tape", "tape_table"]
+__all__ = ["print_tape", "step_style", "step_summary", "tape_table"]
 
 _STYLES = {
     Thought: "cyan",
@@ -32,14 +32,16 @@ _STYLES = {
 }
 
 
-def _style(step: Any) -> str:
+def step_style(step: Any) -> str:
+    """The rich style of a step's family."""
     for family, style in _STYLES.items():
         if isinstance(step, family):
             return style
     return "white"
 
 
-def _summary(step: Step) -> str:
+def step_summary(step: Step) -> str:
+    """A step's content in one readable string (a tool call as `name({...})`)."""
     if isinstance(step, ToolCall):
         return f"{step.name}({json.dumps(step.arguments, ensure_ascii=False)})"
     if isinstance(step, ToolResult):
@@ -56,10 +58,10 @@ def tape_table(tape: Tape[Any, Any], *, width: int = 400) -> Table:
     table.add_column("content", overflow="fold")
     for index, step in enumerate(tape.steps):
         origin = "/".join(filter(None, [step.metadata.agent, step.metadata.node])) or "world"
-        text = _summary(step)
+        text = step_summary(step)
         if len(text) > width:
             text = text[:width] + f"… ({len(text) - width} more characters)"
-        style = _style(step)
+        style = step_style(step)
         table.add_row(str(index), f"[{style}]{escape(step.kind)}[/]", escape(origin), escape(text))
     return table
 

@@ -36,9 +36,8 @@ def upgrade(db: DbOption = None) -> None:
 @app.command()
 def info(db: DbOption = None) -> None:
     """Show the store's URL (password hidden), schema revision and size."""
-    from sqlalchemy import func, select
 
-    from tapeagents.store.schema import SCHEMA_VERSION, llm_calls, steps
+    from tapeagents.store.schema import SCHEMA_VERSION
 
     with open_store(db, upgrade=False) as store:
         revision = store.schema_revision()
@@ -55,10 +54,9 @@ def info(db: DbOption = None) -> None:
                 f"{SCHEMA_VERSION}. Run `tapeagents db upgrade`.[/]",
             )
         if revision is not None:
-            with store.engine.connect() as connection:
-                stored_steps = connection.execute(select(func.count()).select_from(steps)).scalar()
-                calls = connection.execute(select(func.count()).select_from(llm_calls)).scalar()
-            grid.add_row("tapes", str(store.count()))
-            grid.add_row("steps", f"{stored_steps} (a fork's shared steps are stored once)")
-            grid.add_row("llm calls", str(calls))
+            stats = store.stats()
+            grid.add_row("tapes", str(stats["tapes"]))
+            grid.add_row("steps", f"{stats['steps']} (a fork's shared steps are stored once)")
+            grid.add_row("llm calls", str(stats["llm_calls"]))
+            grid.add_row("blobs", f"{stats['blobs']} (long texts, each stored once)")
     out().print(grid)

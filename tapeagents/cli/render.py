@@ -15,7 +15,7 @@ from rich.table import Table
 
 from tapeagents.cli.common import local_time, short
 from tapeagents.core import Step, Tape
-from tapeagents.display import _style, _summary
+from tapeagents.display import step_style, step_summary
 from tapeagents.llms import LLMCall
 
 if TYPE_CHECKING:
@@ -118,12 +118,12 @@ def _clip(text: str, limit: int | None) -> str:
 
 def _cells(index: int, step: Step, width: int | None) -> tuple[str, str, str, str]:
     origin = "/".join(filter(None, [step.metadata.agent, step.metadata.node])) or "world"
-    style = _style(step)
+    style = step_style(step)
     return (
         str(index),
         f"[{style}]{escape(step.kind)}[/]",
         escape(origin),
-        escape(_clip(_summary(step), width)),
+        escape(_clip(step_summary(step), width)),
     )
 
 

@@ -562,6 +562,15 @@ class TapeStore:
         ids = [s.metadata.llm_call_id for s in tape.steps if s.metadata.llm_call_id]
         return self.get_llm_calls(ids)
 
+    def stats(self) -> dict[str, int]:
+        """How many rows each table holds: tapes, steps, llm_calls, blobs."""
+        counts = {}
+        with self._read() as connection:
+            for table in (tapes, steps, llm_calls, blobs):
+                query = select(func.count()).select_from(table)
+                counts[table.name] = int(connection.execute(query).scalar() or 0)
+        return counts
+
     def llm_cache(self) -> MutableMapping[str, LLMOutput]:
         """A mapping from request id to output over the stored calls, for `CachedLLM`."""
         return _StoreCache(self)
@@ -797,9 +806,12 @@ class TapeStore:
     def export_jsonl(self, path: str | Path, tape_ids: Iterable[str] | None = None) -> int:
         """Write tapes (with their LLM calls) to a JSONL file, one tape a line."""
         ids = list(tape_ids) if tape_ids is not None else self._all_ids()
-        with open(path, "w", encoding="utf-8") as out:
-            for tape_id in ids:
-                out.write(self._export_line(tape_id) + "\n")
+        try:
+            with open(path, "w", encoding="utf-8") as out:
+                for tape_id in ids:
+                    out.write(self._export_line(tape_id) + "\n")
+        except OSError as error:
+            raise StoreError(f"Cannot write {path}: {error.strerror or error}.") from None
         return len(ids)
 
     def _export_line(self, tape_id: str) -> str:
@@ -819,7 +831,11 @@ class TapeStore:
     def import_jsonl(self, path: str | Path) -> int:
         """Read tapes written by `export_jsonl`; tapes already stored are skipped."""
         count = 0
-        with open(path, encoding="utf-8") as source:
+        try:
+            source = open(path, encoding="utf-8")  # noqa: SIM115 - closed below
+        except OSError as error:
+            raise StoreError(f"Cannot read {path}: {error.strerror or error}.") from None
+        with source:
             for number, line in enumerate(source, 1):
                 if not line.strip():
                     continue
@@ -869,6 +885,12 @@ class TapeStore:
     def close(self) -> None:
         """Release the database connections."""
         self.engine.dispose()
+
+    def __enter__(self) -> TapeStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def __repr__(self) -> str:
         return f"TapeStore({self.display_url!r})"
