@@ -25,15 +25,22 @@ if [ -z "$bin" ]; then
 fi
 
 base="$root/build/postgres"
-data="$base/data"
-socket="$base/socket"
 rm -rf "$base"
-mkdir -p "$data" "$socket"
+mkdir -p "$base"
 as_owner=()
 if [ "$(id -u)" = 0 ]; then
   chown -R postgres:postgres "$base"
   as_owner=(runuser -u postgres --)
+  # A checkout under a private home (say /root) is out of the postgres user's reach.
+  if ! runuser -u postgres -- test -w "$base"; then
+    rm -rf "$base"
+    base="$(mktemp -d /tmp/tapeagents-postgres.XXXXXX)"
+    chown postgres:postgres "$base"
+  fi
 fi
+data="$base/data"
+socket="$base/socket"
+"${as_owner[@]}" mkdir -p "$data" "$socket"
 port="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
 
 "${as_owner[@]}" "$bin/initdb" -D "$data" --auth=trust -U postgres -E UTF8 >"$base/initdb.log" 2>&1 \
@@ -41,7 +48,10 @@ port="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0))
 "${as_owner[@]}" "$bin/pg_ctl" -D "$data" -l "$base/server.log" -w -t 60 \
   -o "-p $port -k $socket -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200" start >/dev/null \
   || { cat "$base/server.log" >&2; exit 1; }
-stop() { "${as_owner[@]}" "$bin/pg_ctl" -D "$data" -m fast -w stop >/dev/null 2>&1 || true; }
+stop() {
+  "${as_owner[@]}" "$bin/pg_ctl" -D "$data" -m fast -w stop >/dev/null 2>&1 || true
+  case "$base" in /tmp/tapeagents-postgres.*) rm -rf "$base" ;; esac
+}
 trap stop EXIT
 
 export TAPEAGENTS_TEST_POSTGRES_URL="postgresql+psycopg://postgres@127.0.0.1:$port/postgres"
