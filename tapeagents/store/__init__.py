@@ -1,8 +1,8 @@
 """Durable storage of tapes, steps and LLM calls (SQLite by default, PostgreSQL at scale).
 
-    from tapeagents.store import TapeStore
-    store = TapeStore()  # $TAPEAGENTS_DB, else ./tapes.db
-    store = TapeStore("postgresql+psycopg://localhost/tapes")
+from tapeagents.store import TapeStore
+store = TapeStore()  # $TAPEAGENTS_DB, else ./tapes.db
+store = TapeStore("postgresql+psycopg://localhost/tapes")
 """
 
 from tapeagents.store.store import DEFAULT_URL, TapeStore, TapeSummary, TapeTree

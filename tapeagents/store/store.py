@@ -7,7 +7,6 @@ reads its parent's first `prefix_length` steps, so forking a long tape writes on
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import time
@@ -17,33 +16,28 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 from sqlalchemy import (
-    Engine,
     and_,
-    create_engine,
     delete,
-    event,
     func,
     insert,
     or_,
     select,
     update,
 )
-from sqlalchemy.engine import Connection, make_url
-from sqlalchemy.exc import DBAPIError, NoSuchModuleError, SQLAlchemyError
-from sqlalchemy.pool import StaticPool
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import SQLAlchemyError
 
 from tapeagents.core import Step, Tape, TapeMetadata, load_step
 from tapeagents.errors import StoreError, UsageError
 from tapeagents.llms.base import LLMCall, LLMOutput, Prompt, TokenLogprob
 from tapeagents.store import schema
+from tapeagents.store.blobs import blob_refs, externalize, internalize
+from tapeagents.store.engine import Transaction, create_store_engine, reason
 from tapeagents.store.schema import blobs, llm_calls, steps, tape_tags, tapes
 
 __all__ = ["DEFAULT_URL", "TapeStore", "TapeSummary", "TapeTree"]
 
 DEFAULT_URL = "sqlite:///tapes.db"
-BLOB_MIN_LENGTH = 256
-"""Strings at least this long are stored once in `blobs` and referenced by hash."""
-_BLOB_KEY = "$blob"
 _CHUNK = 500
 
 
@@ -67,47 +61,6 @@ class TapeTree(BaseModel):
 
     tape: TapeSummary
     children: list[TapeTree] = Field(default_factory=list)
-
-
-def _hash(text: str) -> str:
-    return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
-
-
-def _externalize(value: Any, found: dict[str, str]) -> Any:
-    """Replace long strings by blob references, collecting the blobs in `found`."""
-    if isinstance(value, str):
-        if len(value) >= BLOB_MIN_LENGTH:
-            key = _hash(value)
-            found[key] = value
-            return {_BLOB_KEY: key}
-        return value
-    if isinstance(value, dict):
-        return {k: _externalize(v, found) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_externalize(v, found) for v in value]
-    return value
-
-
-def _blob_refs(value: Any, refs: set[str]) -> None:
-    if isinstance(value, dict):
-        if len(value) == 1 and _BLOB_KEY in value:
-            refs.add(value[_BLOB_KEY])
-            return
-        for v in value.values():
-            _blob_refs(v, refs)
-    elif isinstance(value, list):
-        for v in value:
-            _blob_refs(v, refs)
-
-
-def _internalize(value: Any, texts: Mapping[str, str]) -> Any:
-    if isinstance(value, dict):
-        if len(value) == 1 and _BLOB_KEY in value:
-            return texts[value[_BLOB_KEY]]
-        return {k: _internalize(v, texts) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_internalize(v, texts) for v in value]
-    return value
 
 
 def _dumps(value: Any) -> str:
@@ -137,14 +90,14 @@ class TapeStore:
         if "://" not in url:
             url = f"sqlite:///{url}"
         self.url = url
-        self.engine = _create_engine(url)
+        self.engine = create_store_engine(url)
         self.display_url = self.engine.url.render_as_string(hide_password=True)
         try:
             with self.engine.connect():
                 pass
         except SQLAlchemyError as error:
             raise StoreError(
-                f"Cannot open the tape store at {self.display_url}: {_reason(error)}. "
+                f"Cannot open the tape store at {self.display_url}: {reason(error)}. "
                 "Check that the database server is running and the URL is right."
             ) from None
         if upgrade:
@@ -180,7 +133,7 @@ class TapeStore:
         except SQLAlchemyError as error:
             raise StoreError(
                 f"Could not migrate the tape store at {self.display_url} from revision "
-                f"{current} to {schema.SCHEMA_VERSION}: {_reason(error)}"
+                f"{current} to {schema.SCHEMA_VERSION}: {reason(error)}"
             ) from None
 
     # ------------------------------------------------------------------ writing
@@ -298,7 +251,7 @@ class TapeStore:
         found: dict[str, str] = {}
         rows = []
         for offset, step in enumerate(new_steps):
-            data = _externalize(step.model_dump(mode="json"), found)
+            data = externalize(step.model_dump(mode="json"), found)
             meta = step.metadata
             rows.append(
                 {
@@ -352,8 +305,8 @@ class TapeStore:
             "id": call.id,
             "model": call.model,
             "parameters": _dumps(call.parameters),
-            "prompt": _dumps(_externalize(call.prompt.model_dump(mode="json"), found)),
-            "output": _dumps(_externalize(output, found)),
+            "prompt": _dumps(externalize(call.prompt.model_dump(mode="json"), found)),
+            "output": _dumps(externalize(output, found)),
             "logprobs": _dumps([lp.model_dump() for lp in logprobs]) if logprobs else None,
             "prompt_tokens": call.output.usage.prompt_tokens,
             "completion_tokens": call.output.usage.completion_tokens,
@@ -499,12 +452,12 @@ class TapeStore:
             )
         refs: set[str] = set()
         for _, _, data in raw:
-            _blob_refs(data, refs)
+            blob_refs(data, refs)
         texts = self._read_blobs(connection, refs)
         result_steps: list[Step] = []
         for seg_id, idx, data in raw:
             try:
-                result_steps.append(load_step(_internalize(data, texts)))
+                result_steps.append(load_step(internalize(data, texts)))
             except (ValueError, KeyError) as error:
                 raise StoreError(f"Step {idx} of tape {seg_id} cannot be loaded: {error}") from None
         return result_steps
@@ -532,8 +485,8 @@ class TapeStore:
                 key: (json.loads(row.prompt), json.loads(row.output)) for key, row in rows.items()
             }
             for prompt, output in parsed.values():
-                _blob_refs(prompt, refs)
-                _blob_refs(output, refs)
+                blob_refs(prompt, refs)
+                blob_refs(output, refs)
             texts = self._read_blobs(connection, refs)
         calls = []
         for key in wanted:
@@ -541,7 +494,7 @@ class TapeStore:
                 continue
             row = rows[key]
             prompt, output = parsed[key]
-            llm_output = LLMOutput.model_validate(_internalize(output, texts))
+            llm_output = LLMOutput.model_validate(internalize(output, texts))
             if row.logprobs:
                 llm_output.logprobs = [TokenLogprob(**lp) for lp in json.loads(row.logprobs)]
             calls.append(
@@ -549,7 +502,7 @@ class TapeStore:
                     id=row.id,
                     model=row.model,
                     parameters=json.loads(row.parameters or "{}"),
-                    prompt=Prompt.model_validate(_internalize(prompt, texts)),
+                    prompt=Prompt.model_validate(internalize(prompt, texts)),
                     output=llm_output,
                     latency=row.latency or 0.0,
                     created_at=row.created_at,
@@ -795,7 +748,7 @@ class TapeStore:
                 "node": s.metadata.node,
                 "llm_call_id": s.metadata.llm_call_id,
                 "created_at": s.metadata.created_at,
-                "data": _dumps(_externalize(s.model_dump(mode="json"), found)),
+                "data": _dumps(externalize(s.model_dump(mode="json"), found)),
             }
             for i, s in enumerate(inherited)
         ]
@@ -872,10 +825,10 @@ class TapeStore:
     # ------------------------------------------------------------------ helpers
 
     def _write(self) -> Any:
-        return _Transaction(self, write=True)
+        return Transaction(self, write=True)
 
     def _read(self) -> Any:
-        return _Transaction(self, write=False)
+        return Transaction(self, write=False)
 
     def _missing(self, tape_id: str) -> StoreError:
         return StoreError(
@@ -894,39 +847,6 @@ class TapeStore:
 
     def __repr__(self) -> str:
         return f"TapeStore({self.display_url!r})"
-
-
-class _Transaction:
-    """A connection (in a transaction when writing) whose database failures become
-    `StoreError`s that name the store."""
-
-    def __init__(self, store: TapeStore, *, write: bool) -> None:
-        self.store = store
-        self.verb = "write to" if write else "read from"
-        self.write = write
-        self._context: Any = None
-
-    def _error(self, error: SQLAlchemyError) -> StoreError:
-        return StoreError(
-            f"Cannot {self.verb} the tape store at {self.store.display_url}: {_reason(error)}"
-        )
-
-    def __enter__(self) -> Connection:
-        engine = self.store.engine
-        try:
-            self._context = engine.begin() if self.write else engine.connect()
-            return self._context.__enter__()
-        except SQLAlchemyError as error:
-            raise self._error(error) from None
-
-    def __exit__(self, kind: Any, error: Any, traceback: Any) -> bool:
-        try:
-            self._context.__exit__(kind, error, traceback)
-        except SQLAlchemyError as failure:
-            raise self._error(failure) from None
-        if isinstance(error, SQLAlchemyError):
-            raise self._error(error) from None
-        return False
 
 
 class _StoreCache(MutableMapping[str, LLMOutput]):
@@ -960,40 +880,3 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, BaseModel):
         return value.model_dump(mode="json")
     return value
-
-
-def _reason(error: SQLAlchemyError) -> str:
-    if isinstance(error, DBAPIError) and error.orig is not None:
-        return f"{type(error.orig).__name__}: {str(error.orig).strip().splitlines()[0]}"
-    return str(error).splitlines()[0]
-
-
-def _create_engine(url: str) -> Engine:
-    parsed = make_url(url)
-    if parsed.get_backend_name() == "sqlite":
-        database = parsed.database
-        options: dict[str, Any] = {}
-        if database and database != ":memory:":
-            Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
-        else:  # one in-memory database, so every connection must be the same one
-            options["poolclass"] = StaticPool
-        engine = create_engine(
-            url, connect_args={"timeout": 30, "check_same_thread": False}, **options
-        )
-
-        @event.listens_for(engine, "connect")
-        def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
-            cursor = dbapi_connection.cursor()
-            cursor.execute("PRAGMA journal_mode=WAL")  # readers never block the writer
-            cursor.execute("PRAGMA synchronous=NORMAL")  # durable against process crashes
-            cursor.execute("PRAGMA busy_timeout=30000")
-            cursor.close()
-
-        return engine
-    try:
-        return create_engine(url, pool_pre_ping=True)
-    except (NoSuchModuleError, ImportError, ModuleNotFoundError) as error:
-        raise UsageError(
-            f"No database driver for {parsed.drivername} ({error}). For PostgreSQL install "
-            "pip install 'tapeagents[postgres]' and use a postgresql+psycopg:// URL."
-        ) from None
