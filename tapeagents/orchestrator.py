@@ -23,9 +23,9 @@ from __future__ import annotations
 
 import asyncio
 import traceback
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from tapeagents.agent import Agent
 from tapeagents.core import (
@@ -58,6 +58,8 @@ __all__ = [
     "run",
     "run_sync",
 ]
+
+T = TypeVar("T")
 
 StopReason = Literal["stopped", "awaiting_input", "no_environment", "max_steps", "error"]
 
@@ -216,11 +218,18 @@ class _Recorder:
         self.store = store
         self._unsaved_calls: list[LLMCall] = []
 
+    async def _call(self, method: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run a store method: inline when it is sub-millisecond (SQLite), else in a thread."""
+        assert self.store is not None
+        if self.store.writes_inline:
+            return method(*args, **kwargs)
+        return await asyncio.to_thread(method, *args, **kwargs)
+
     async def start(self, agent_name: str) -> None:
         if self.store is None:
             return
-        interrupted = await asyncio.to_thread(self.store.status, self.tape.id) == "running"
-        await asyncio.to_thread(self.store.save, self.tape, status="running", agent=agent_name)
+        interrupted = await self._call(self.store.status, self.tape.id) == "running"
+        await self._call(self.store.save, self.tape, status="running", agent=agent_name)
         if interrupted:
             for action in self.tape.pending_actions():
                 if not action.awaits_input:
@@ -241,15 +250,15 @@ class _Recorder:
         index = len(self.tape) - 1
         if self.store is not None:
             calls, self._unsaved_calls = self._unsaved_calls, []
-            await asyncio.to_thread(self.store.append_steps, self.tape.id, index, [step], calls)
+            await self._call(self.store.append_steps, self.tape.id, index, [step], calls)
         return StepAppended(step, index)
 
     async def finish(self, reason: str) -> None:
         if self.store is not None:
             if self._unsaved_calls:
-                await asyncio.to_thread(self.store.save_llm_calls, self._unsaved_calls)
+                await self._call(self.store.save_llm_calls, self._unsaved_calls)
                 self._unsaved_calls = []
-            await asyncio.to_thread(
+            await self._call(
                 self.store.set_status, self.tape.id, reason, metadata=self.tape.metadata
             )
 

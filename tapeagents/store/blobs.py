@@ -8,10 +8,19 @@ tape, or a model output that is also a step's text, takes one row.
 from __future__ import annotations
 
 import hashlib
+import json
+import re
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["BLOB_MIN_LENGTH", "blob_refs", "externalize", "internalize"]
+__all__ = [
+    "BLOB_MIN_LENGTH",
+    "blob_refs",
+    "externalize",
+    "find_blob_refs",
+    "insert_blobs",
+    "internalize",
+]
 
 BLOB_MIN_LENGTH = 256
 """Strings at least this long are stored once in `blobs` and referenced by hash."""
@@ -57,3 +66,20 @@ def internalize(value: Any, texts: Mapping[str, str]) -> Any:
     if isinstance(value, list):
         return [internalize(v, texts) for v in value]
     return value
+
+
+# A reference as written by the store's compact JSON. Inside a JSON string every quote is
+# escaped, so this pattern only ever matches a real reference object.
+_REF = re.compile(r'\{"\$blob":"([0-9a-f]{32})"\}')
+
+
+def find_blob_refs(json_text: str) -> list[str]:
+    """The blob hashes referenced in compact JSON text (no parsing needed)."""
+    return _REF.findall(json_text) if '"$blob"' in json_text else []
+
+
+def insert_blobs(json_text: str, texts: Mapping[str, str]) -> str:
+    """The JSON text with every blob reference replaced by its string."""
+    if '"$blob"' not in json_text:
+        return json_text
+    return _REF.sub(lambda match: json.dumps(texts[match.group(1)], ensure_ascii=False), json_text)

@@ -16,7 +16,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 from sqlalchemy import (
-    and_,
+    bindparam,
     delete,
     func,
     insert,
@@ -27,11 +27,11 @@ from sqlalchemy import (
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
 
-from tapeagents.core import Step, Tape, TapeMetadata, load_step
+from tapeagents.core import Step, Tape, TapeMetadata, load_step, step_kinds
 from tapeagents.errors import StoreError, UsageError
 from tapeagents.llms.base import LLMCall, LLMOutput, Prompt, TokenLogprob
 from tapeagents.store import schema
-from tapeagents.store.blobs import blob_refs, externalize, internalize
+from tapeagents.store.blobs import blob_refs, externalize, find_blob_refs, insert_blobs, internalize
 from tapeagents.store.engine import Transaction, create_store_engine, reason
 from tapeagents.store.schema import blobs, llm_calls, steps, tape_tags, tapes
 
@@ -92,6 +92,10 @@ class TapeStore:
         self.url = url
         self.engine = create_store_engine(url)
         self.display_url = self.engine.url.render_as_string(hide_password=True)
+        self._statements = _Statements(self.engine.dialect.name)
+        self.writes_inline = self.engine.dialect.name == "sqlite"
+        """SQLite writes take well under a millisecond: callers in an event loop may make them
+        directly rather than through a worker thread."""
         try:
             with self.engine.connect():
                 pass
@@ -249,32 +253,15 @@ class TapeStore:
         calls: Sequence[LLMCall],
     ) -> None:
         found: dict[str, str] = {}
-        rows = []
-        for offset, step in enumerate(new_steps):
-            data = externalize(step.model_dump(mode="json"), found)
-            meta = step.metadata
-            rows.append(
-                {
-                    "tape_id": tape_id,
-                    "idx": start + offset,
-                    "kind": step.kind,
-                    "agent": meta.agent,
-                    "node": meta.node,
-                    "llm_call_id": meta.llm_call_id,
-                    "created_at": meta.created_at,
-                    "data": _dumps(data),
-                }
-            )
+        rows = [_step_row(tape_id, start + i, step, found) for i, step in enumerate(new_steps)]
         call_rows = [self._call_row(call, found) for call in calls]
         if found:
             self._insert_blobs(connection, found)
         if call_rows:
-            self._insert_ignore(connection, llm_calls, call_rows, ["id"])
-        end = start + len(rows)
+            connection.execute(self._statements.insert_calls, call_rows)
         moved = connection.execute(
-            update(tapes)
-            .where(and_(tapes.c.id == tape_id, tapes.c.length == start))
-            .values(length=end, updated_at=time.time())
+            self._statements.move_length,
+            {"tape": tape_id, "start": start, "end": start + len(rows), "now": time.time()},
         )
         if moved.rowcount != 1:
             exists = connection.execute(
@@ -287,7 +274,7 @@ class TapeStore:
                 "appended to it. Reload it with store.get() before continuing."
             )
         if rows:
-            connection.execute(insert(steps), rows)
+            connection.execute(self._statements.insert_steps, rows)
 
     def _insert_calls(self, connection: Connection, calls: Sequence[LLMCall]) -> None:
         found: dict[str, str] = {}
@@ -295,7 +282,7 @@ class TapeStore:
         if found:
             self._insert_blobs(connection, found)
         if rows:
-            self._insert_ignore(connection, llm_calls, rows, ["id"])
+            connection.execute(self._statements.insert_calls, rows)
 
     @staticmethod
     def _call_row(call: LLMCall, found: dict[str, str]) -> dict[str, Any]:
@@ -317,19 +304,7 @@ class TapeStore:
 
     def _insert_blobs(self, connection: Connection, found: Mapping[str, str]) -> None:
         rows = [{"hash": key, "text": text} for key, text in found.items()]
-        self._insert_ignore(connection, blobs, rows, ["hash"])
-
-    def _insert_ignore(
-        self, connection: Connection, table: Any, rows: list[dict[str, Any]], keys: list[str]
-    ) -> None:
-        dialect = connection.dialect.name
-        if dialect == "sqlite":
-            from sqlalchemy.dialects.sqlite import insert as dialect_insert
-        elif dialect == "postgresql":
-            from sqlalchemy.dialects.postgresql import insert as dialect_insert  # type: ignore[assignment]
-        else:  # pragma: no cover - other databases are not supported yet
-            raise UsageError(f"The tape store supports SQLite and PostgreSQL, not {dialect}.")
-        connection.execute(dialect_insert(table).on_conflict_do_nothing(index_elements=keys), rows)
+        connection.execute(self._statements.insert_blobs, rows)
 
     def _set_tags(self, connection: Connection, tape_id: str, tags: Iterable[str]) -> None:
         connection.execute(delete(tape_tags).where(tape_tags.c.tape_id == tape_id))
@@ -430,37 +405,37 @@ class TapeStore:
                 break
             current, upto = row.parent_id, min(upto, row.prefix_length)
         segments.reverse()
-        raw: list[tuple[str, int, Any]] = []
+        rows: list[tuple[str, int, str, str]] = []
         for seg_id, seg_from, seg_to in segments:
             result = connection.execute(
-                select(steps.c.idx, steps.c.data)
+                select(steps.c.idx, steps.c.kind, steps.c.data)
                 .where(steps.c.tape_id == seg_id, steps.c.idx >= seg_from, steps.c.idx < seg_to)
                 .order_by(steps.c.idx)
             )
-            for idx, data in result:
-                try:
-                    raw.append((seg_id, idx, json.loads(data)))
-                except ValueError as error:
-                    raise StoreError(
-                        f"Step {idx} of tape {seg_id} is not valid JSON ({error}); the row is "
-                        "corrupt. Export the tape to see the others."
-                    ) from None
-        if len(raw) != end - start:
+            rows.extend((seg_id, idx, kind, data) for idx, kind, data in result.all())
+        if len(rows) != end - start:
             raise StoreError(
                 f"Tape {tape_id} should have {end - start} steps from {start} but the store has "
-                f"{len(raw)}: the database was changed outside tapeagents."
+                f"{len(rows)}: the database was changed outside tapeagents."
             )
-        refs: set[str] = set()
-        for _, _, data in raw:
-            blob_refs(data, refs)
+        refs = {ref for *_, data in rows for ref in find_blob_refs(data)}
         texts = self._read_blobs(connection, refs)
-        result_steps: list[Step] = []
-        for seg_id, idx, data in raw:
+        kinds = step_kinds()
+        loaded: list[Step] = []
+        for seg_id, idx, kind, data in rows:
+            text = insert_blobs(data, texts) if refs else data
+            cls = kinds.get(kind)
             try:
-                result_steps.append(load_step(internalize(data, texts)))
-            except (ValueError, KeyError) as error:
-                raise StoreError(f"Step {idx} of tape {seg_id} cannot be loaded: {error}") from None
-        return result_steps
+                if cls is not None:
+                    loaded.append(cls.model_validate_json(text))
+                else:
+                    loaded.append(load_step({"kind": kind, **json.loads(text)}))
+            except ValueError as error:
+                raise StoreError(
+                    f"Step {idx} of tape {seg_id} cannot be loaded ({error}); the row is "
+                    "corrupt. Export the tape to see the others."
+                ) from None
+        return loaded
 
     def _read_blobs(self, connection: Connection, refs: set[str]) -> dict[str, str]:
         texts: dict[str, str] = {}
@@ -739,21 +714,11 @@ class TapeStore:
         """Copy the steps a child reads from its parent into the child itself."""
         inherited = self._read_steps(connection, child_id, prefix)
         found: dict[str, str] = {}
-        rows = [
-            {
-                "tape_id": child_id,
-                "idx": i,
-                "kind": s.kind,
-                "agent": s.metadata.agent,
-                "node": s.metadata.node,
-                "llm_call_id": s.metadata.llm_call_id,
-                "created_at": s.metadata.created_at,
-                "data": _dumps(externalize(s.model_dump(mode="json"), found)),
-            }
-            for i, s in enumerate(inherited)
-        ]
+        rows = [_step_row(child_id, i, step, found) for i, step in enumerate(inherited)]
+        if found:
+            self._insert_blobs(connection, found)
         if rows:
-            connection.execute(insert(steps), rows)
+            connection.execute(self._statements.insert_steps, rows)
         connection.execute(update(tapes).where(tapes.c.id == child_id).values(prefix_length=0))
 
     def export_jsonl(self, path: str | Path, tape_ids: Iterable[str] | None = None) -> int:
@@ -880,3 +845,40 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, BaseModel):
         return value.model_dump(mode="json")
     return value
+
+
+def _step_row(tape_id: str, index: int, step: Step, found: dict[str, str]) -> dict[str, Any]:
+    """A `steps` row; defaults are left out of the JSON (loading restores them)."""
+    meta = step.metadata
+    data = externalize(step.model_dump(mode="json", exclude_defaults=True), found)
+    return {
+        "tape_id": tape_id,
+        "idx": index,
+        "kind": step.kind,
+        "agent": meta.agent,
+        "node": meta.node,
+        "llm_call_id": meta.llm_call_id,
+        "created_at": meta.created_at,
+        "data": _dumps(data),
+    }
+
+
+class _Statements:
+    """The statements of the write path, built once per store (building them costs more than
+    running them on SQLite)."""
+
+    def __init__(self, dialect: str) -> None:
+        if dialect == "sqlite":
+            from sqlalchemy.dialects.sqlite import insert as dialect_insert
+        elif dialect == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert as dialect_insert  # type: ignore[assignment]
+        else:
+            raise UsageError(f"The tape store supports SQLite and PostgreSQL, not {dialect}.")
+        self.insert_blobs = dialect_insert(blobs).on_conflict_do_nothing(index_elements=["hash"])
+        self.insert_calls = dialect_insert(llm_calls).on_conflict_do_nothing(index_elements=["id"])
+        self.insert_steps = insert(steps)
+        self.move_length = (
+            update(tapes)
+            .where(tapes.c.id == bindparam("tape"), tapes.c.length == bindparam("start"))
+            .values(length=bindparam("end"), updated_at=bindparam("now"))
+        )

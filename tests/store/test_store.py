@@ -210,7 +210,7 @@ def test_a_corrupt_row_is_reported_with_its_place(store: TapeStore) -> None:
             sa.text("UPDATE steps SET data = '{broken' WHERE tape_id = :id AND idx = 1"),
             {"id": tape.id},
         )
-    with pytest.raises(StoreError, match=f"Step 1 of tape {tape.id} is not valid JSON"):
+    with pytest.raises(StoreError, match=f"(?s)Step 1 of tape {tape.id} cannot be loaded.*Invalid JSON"):
         store.get(tape.id)
 
 
@@ -268,3 +268,25 @@ def test_a_run_resumed_after_a_crash_marks_unanswered_actions_interrupted(store:
     assert "Interrupted" in result.tape[2].error  # type: ignore[attr-defined]
     assert result.tape[2].action_id == call.metadata.id  # type: ignore[attr-defined]
     assert store.get(tape.id).kinds() == result.tape.kinds()
+
+
+def test_a_locked_sqlite_database_makes_writers_wait_not_fail(tmp_path: Path) -> None:
+    import sqlite3
+    import threading
+
+    path = tmp_path / "locked.db"
+    store = TapeStore(f"sqlite:///{path}")
+    tape = sample_tape(1)
+    store.save(tape)
+    holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    holder.execute("BEGIN IMMEDIATE")  # another process's write transaction
+    release = threading.Timer(0.5, lambda: holder.execute("COMMIT"))
+    release.start()
+    started = time.perf_counter()
+    store.append_steps(tape.id, 1, [Reasoning(text="after the lock")])
+    waited = time.perf_counter() - started
+    release.join()
+    holder.close()
+    assert waited >= 0.4
+    assert store.get(tape.id).kinds() == ["user", "reasoning"]
+    store.close()
