@@ -53,6 +53,7 @@ steps = Table(
     Column("llm_call_id", String(64)),
     Column("created_at", Float, nullable=False),
     Column("data", Text, nullable=False),
+    sqlite_with_rowid=False,
 )
 Index("ix_steps_llm_call_id", steps.c.llm_call_id)
 
@@ -70,6 +71,7 @@ llm_calls = Table(
     Column("cost", Float),
     Column("latency", Float),
     Column("created_at", Float, nullable=False),
+    sqlite_with_rowid=False,
 )
 
 blobs = Table(

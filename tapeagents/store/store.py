@@ -29,7 +29,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from tapeagents.core import Step, Tape, TapeMetadata, load_step, step_kinds
 from tapeagents.errors import StoreError, UsageError
-from tapeagents.llms.base import LLMCall, LLMOutput, Prompt, TokenLogprob
+from tapeagents.llms.base import LLMCall, LLMOutput, Prompt, TokenLogprob, Usage
 from tapeagents.store import schema
 from tapeagents.store.blobs import blob_refs, externalize, find_blob_refs, insert_blobs, internalize
 from tapeagents.store.engine import Transaction, create_store_engine, reason
@@ -286,13 +286,17 @@ class TapeStore:
 
     @staticmethod
     def _call_row(call: LLMCall, found: dict[str, str]) -> dict[str, Any]:
-        output = call.output.model_dump(mode="json", exclude={"logprobs"})
+        # usage and logprobs have columns of their own; defaults are restored on loading
+        output = call.output.model_dump(
+            mode="json", exclude={"logprobs", "usage"}, exclude_defaults=True
+        )
+        prompt = call.prompt.model_dump(mode="json", exclude_defaults=True)
         logprobs = call.output.logprobs
         return {
             "id": call.id,
             "model": call.model,
-            "parameters": _dumps(call.parameters),
-            "prompt": _dumps(externalize(call.prompt.model_dump(mode="json"), found)),
+            "parameters": _dumps(call.parameters) if call.parameters else None,
+            "prompt": _dumps(externalize(prompt, found)),
             "output": _dumps(externalize(output, found)),
             "logprobs": _dumps([lp.model_dump() for lp in logprobs]) if logprobs else None,
             "prompt_tokens": call.output.usage.prompt_tokens,
@@ -470,6 +474,9 @@ class TapeStore:
             row = rows[key]
             prompt, output = parsed[key]
             llm_output = LLMOutput.model_validate(internalize(output, texts))
+            llm_output.usage = Usage(
+                prompt_tokens=row.prompt_tokens or 0, completion_tokens=row.completion_tokens or 0
+            )
             if row.logprobs:
                 llm_output.logprobs = [TokenLogprob(**lp) for lp in json.loads(row.logprobs)]
             calls.append(

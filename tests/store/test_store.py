@@ -210,7 +210,9 @@ def test_a_corrupt_row_is_reported_with_its_place(store: TapeStore) -> None:
             sa.text("UPDATE steps SET data = '{broken' WHERE tape_id = :id AND idx = 1"),
             {"id": tape.id},
         )
-    with pytest.raises(StoreError, match=f"(?s)Step 1 of tape {tape.id} cannot be loaded.*Invalid JSON"):
+    with pytest.raises(
+        StoreError, match=f"(?s)Step 1 of tape {tape.id} cannot be loaded.*Invalid JSON"
+    ):
         store.get(tape.id)
 
 

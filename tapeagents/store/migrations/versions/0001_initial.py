@@ -50,6 +50,7 @@ def upgrade() -> None:
         sa.Column("llm_call_id", sa.String(64)),
         sa.Column("created_at", sa.Float, nullable=False),
         sa.Column("data", sa.Text, nullable=False),
+        sqlite_with_rowid=False,  # keyed by (tape, index): no separate primary-key index
     )
     op.create_index("ix_steps_llm_call_id", "steps", ["llm_call_id"])
     op.create_table(
@@ -65,6 +66,7 @@ def upgrade() -> None:
         sa.Column("cost", sa.Float),
         sa.Column("latency", sa.Float),
         sa.Column("created_at", sa.Float, nullable=False),
+        sqlite_with_rowid=False,
     )
     op.create_table(
         "blobs",
