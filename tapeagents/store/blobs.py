@@ -8,9 +8,9 @@ tape, or a model output that is also a step's text, takes one row.
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from collections.abc import Mapping
+from json.encoder import encode_basestring as _json_string  # C-accelerated JSON string literal
 from typing import Any
 
 __all__ = [
@@ -82,4 +82,4 @@ def insert_blobs(json_text: str, texts: Mapping[str, str]) -> str:
     """The JSON text with every blob reference replaced by its string."""
     if '"$blob"' not in json_text:
         return json_text
-    return _REF.sub(lambda match: json.dumps(texts[match.group(1)], ensure_ascii=False), json_text)
+    return _REF.sub(lambda match: _json_string(texts[match.group(1)]), json_text)
