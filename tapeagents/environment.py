@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 from tapeagents.core import Action, ErrorObservation, Observation, Tape, ToolCall, ToolResult
 from tapeagents.errors import UsageError
 
-__all__ = ["Environment", "ToolEnvironment", "ToolSpec", "react_sync"]
+__all__ = ["Environment", "ToolEnvironment", "ToolSpec", "observe", "react_sync"]
 
 
 class Environment:
@@ -44,9 +44,29 @@ class Environment:
         await self.aclose()
 
 
+async def observe(env: Environment, action: Action, tape: Tape[Any, Any]) -> Observation:
+    """Exactly one observation for `action`, naming it, whatever the environment does.
+
+    An environment that raises, or returns something that is not an observation, yields an
+    `ErrorObservation` that says so: its failure is information for the agent.
+    """
+    try:
+        observation = await env.react(action, tape)
+    except Exception as error:
+        observation = ErrorObservation(error=f"{type(error).__name__}: {error}")
+    if not isinstance(observation, Observation):
+        observation = ErrorObservation(
+            error=f"{type(env).__name__}.react returned {type(observation).__name__}, "
+            "not an Observation."
+        )
+    if observation.action_id is None:
+        observation = observation.model_copy(update={"action_id": action.metadata.id})
+    return observation
+
+
 def react_sync(env: Environment, action: Action, tape: Tape[Any, Any]) -> Observation:
-    """Blocking helper around `env.react`, for scripts and notebooks without an event loop."""
-    return asyncio.run(env.react(action, tape))
+    """Blocking `observe`, for scripts and notebooks without an event loop."""
+    return asyncio.run(observe(env, action, tape))
 
 
 # ----------------------------------------------------------------------------- tools

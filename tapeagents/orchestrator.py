@@ -40,7 +40,7 @@ from tapeagents.core import (
     Tape,
     UserMessage,
 )
-from tapeagents.environment import Environment
+from tapeagents.environment import Environment, observe
 from tapeagents.errors import UsageError
 from tapeagents.llms import LLMCall, TextDelta
 
@@ -155,7 +155,7 @@ async def run(
                 return
             observations: list[Observation] = []
             for action in actions:
-                observation = await _react(env, action, tape)
+                observation = await observe(env, action, tape)
                 yield await recorder.append(observation)
                 appended += 1
                 observations.append(observation)
@@ -261,22 +261,6 @@ class _Recorder:
             await self._call(
                 self.store.set_status, self.tape.id, reason, metadata=self.tape.metadata
             )
-
-
-async def _react(env: Environment, action: Action, tape: Tape[Any, Any]) -> Observation:
-    """One observation for `action`, whatever the environment does."""
-    try:
-        observation = await env.react(action, tape)
-    except Exception as error:  # the environment's failure is information for the agent
-        observation = ErrorObservation(error=f"{type(error).__name__}: {error}")
-    if not isinstance(observation, Observation):
-        observation = ErrorObservation(
-            error=f"{type(env).__name__}.react returned {type(observation).__name__}, "
-            "not an Observation."
-        )
-    if observation.action_id is None:
-        observation = observation.model_copy(update={"action_id": action.metadata.id})
-    return observation
 
 
 def run_sync(

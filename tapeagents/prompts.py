@@ -33,7 +33,3 @@ class TemplateSet:
         if "{" not in source:
             return source  # plain text: skip jinja entirely
         return self._compile(source).render(**variables)
-
-    def render_named(self, name: str, **variables: Any) -> str:
-        """Render the named template."""
-        return self._env.get_template(name).render(**variables)

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from tapeagents.agent import Agent
 from tapeagents.core import Action, Observation, Step, Tape
-from tapeagents.environment import Environment
+from tapeagents.environment import Environment, observe
 from tapeagents.errors import ReplayMismatch, UsageError
 from tapeagents.llms import LLMCall, ReplayLLM
 
@@ -111,9 +111,7 @@ async def replay(
             if env is not None and isinstance(recorded, Observation) and recorded.action_id:
                 action = actions.get(recorded.action_id)
                 if action is not None:
-                    from tapeagents.orchestrator import _react
-
-                    observation = await _react(env, action, new)
+                    observation = await observe(env, action, new)
                     if not _same(recorded, observation):
                         return differs(index, observation, "The environment answered differently.")
             new.append(recorded)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Any
 
 from tapeagents.core import new_id
 from tapeagents.errors import UsageError
@@ -60,9 +59,3 @@ class ScriptedLLM(LLM):
             content=answer,
             usage=Usage(prompt_tokens=prompt_words, completion_tokens=len(answer.split())),
         )
-
-    @classmethod
-    def from_parameters(cls, model: str = "scripted", **parameters: Any) -> ScriptedLLM:
-        """An LLM that always answers `parameters['answer']` (default "OK"); for `"scripted"`."""
-        answer = parameters.get("answer", "OK")
-        return cls(lambda prompt: answer, model=model)

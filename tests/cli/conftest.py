@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -41,24 +41,23 @@ def make_invoke(url: str) -> Invoke:
     return invoke
 
 
+def filled_store(path: Path) -> tuple[str, dict[str, str]]:
+    """A SQLite store at `path` holding the sample tapes: (url, ids)."""
+    url = f"sqlite:///{path}"
+    with TapeStore(url) as store:
+        return url, fill(store)
+
+
 @pytest.fixture(scope="module")
-def filled(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, dict[str, str]]]:
+def filled(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict[str, str]]:
     """A store that tests only read: (url, ids)."""
-    url = f"sqlite:///{tmp_path_factory.mktemp('store') / 'tapes.db'}"
-    store = TapeStore(url)
-    ids = fill(store)
-    store.close()
-    yield url, ids
+    return filled_store(tmp_path_factory.mktemp("store") / "tapes.db")
 
 
 @pytest.fixture
-def fresh(tmp_path: Path) -> Iterator[tuple[str, dict[str, str]]]:
+def fresh(tmp_path: Path) -> tuple[str, dict[str, str]]:
     """A filled store of this test's own, to change: (url, ids)."""
-    url = f"sqlite:///{tmp_path / 'tapes.db'}"
-    store = TapeStore(url)
-    ids = fill(store)
-    store.close()
-    yield url, ids
+    return filled_store(tmp_path / "tapes.db")
 
 
 @pytest.fixture
