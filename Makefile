@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check
 OFFLINE := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 LITELLM_LOCAL_MODEL_COST_MAP=True
 
-.PHONY: demo test test-all lint bench bench-venv clean
+.PHONY: chromium demo test test-all lint bench bench-venv clean
 
 $(VENV)/.base: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,17 +21,22 @@ $(VENV)/.local: $(VENV)/.base
 	touch $@
 
 $(VENV)/.dev: $(VENV)/.local
-	$(PIP) install -q -e '.[local,litellm,postgres,dev]'
+	$(PIP) install -q -e '.[local,litellm,postgres,studio,browser,finetune,ray,dev]'
+	$(PIP) install -q --no-deps miniwob
 	touch $@
+
+# Playwright drives Debian's Chromium (never `playwright install`, which downloads).
+chromium:
+	@command -v chromium >/dev/null || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; }
 
 demo: $(VENV)/.local
 	$(OFFLINE) $(PY) -m examples.hello "What is 12 times 7?"
 
 # The store tests run against SQLite and against a private PostgreSQL cluster on 127.0.0.1.
-test: $(VENV)/.dev
+test: $(VENV)/.dev chromium
 	$(OFFLINE) TAPEAGENTS_REQUIRE_POSTGRES=1 scripts/with-postgres.sh $(PY) -m pytest -q -p no:cacheprovider
 
-test-all: $(VENV)/.dev
+test-all: $(VENV)/.dev chromium
 	$(OFFLINE) TAPEAGENTS_REQUIRE_POSTGRES=1 scripts/with-postgres.sh $(PY) -m pytest -q -p no:cacheprovider -m ''
 
 lint: $(VENV)/.dev

@@ -310,10 +310,20 @@ class NodeFailure(Error):
 
 
 class TapeMetadata(BaseModel):
-    """Outcome and labels of a tape."""
+    """Outcome and labels of a tape.
 
+    `task_id`, `outcome` and `reward` are what evaluation records, batch runs and exporters
+    select on; the store keeps them in indexed columns.
+    """
+
+    task_id: str | None = None
+    """Which task the session worked on (a benchmark task and seed, a row of a task file)."""
+    outcome: str | None = None
+    """How the task ended, judged by the environment or a scorer: "success", "failure", ..."""
+    reward: float | None = None
+    """A numeric score of the session, when the task has one."""
     result: Any = None
-    """What the session produced (for example the final answer or a reward)."""
+    """What the session produced (for example the final answer)."""
     error: str | None = None
     """Why the session failed, if it did."""
     tags: list[str] = Field(default_factory=list)

@@ -5,6 +5,6 @@ store = TapeStore()  # $TAPEAGENTS_DB, else ./tapes.db
 store = TapeStore("postgresql+psycopg://localhost/tapes")
 """
 
-from tapeagents.store.store import DEFAULT_URL, TapeStore, TapeSummary, TapeTree
+from tapeagents.store.store import DEFAULT_URL, Annotation, TapeStore, TapeSummary, TapeTree
 
-__all__ = ["DEFAULT_URL", "TapeStore", "TapeSummary", "TapeTree"]
+__all__ = ["DEFAULT_URL", "Annotation", "TapeStore", "TapeSummary", "TapeTree"]

@@ -10,9 +10,18 @@ from __future__ import annotations
 
 from sqlalchemy import Column, Float, Index, Integer, MetaData, String, Table, Text
 
-__all__ = ["SCHEMA_VERSION", "blobs", "llm_calls", "metadata", "steps", "tape_tags", "tapes"]
+__all__ = [
+    "SCHEMA_VERSION",
+    "annotations",
+    "blobs",
+    "llm_calls",
+    "metadata",
+    "steps",
+    "tape_tags",
+    "tapes",
+]
 
-SCHEMA_VERSION = "0001"
+SCHEMA_VERSION = "0002"
 """Alembic revision of the schema this code writes."""
 
 metadata = MetaData()
@@ -32,6 +41,9 @@ tapes = Table(
     Column("length", Integer, nullable=False, default=0),
     Column("context", Text),
     Column("metadata", Text),
+    Column("task_id", String(200), index=True),
+    Column("outcome", String(32), index=True),
+    Column("reward", Float),
 )
 """One row per tape. `prefix_length` steps are read from the parent; the rest are its own."""
 
@@ -80,3 +92,17 @@ blobs = Table(
     Column("hash", String(32), primary_key=True),
     Column("text", Text, nullable=False),
 )
+
+annotations = Table(
+    "annotations",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("tape_id", String(64), nullable=False, index=True),
+    Column("step_index", Integer),
+    Column("rating", Float),
+    Column("label", String(200), index=True),
+    Column("comment", Text),
+    Column("author", String(200)),
+    Column("created_at", Float, nullable=False),
+)
+"""A person's judgement of a step (or of the whole tape when `step_index` is NULL)."""

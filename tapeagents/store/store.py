@@ -27,15 +27,15 @@ from sqlalchemy import (
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
 
-from tapeagents.core import Step, Tape, TapeMetadata, load_step, step_kinds
+from tapeagents.core import Step, Tape, TapeMetadata, load_step, new_id, step_kinds
 from tapeagents.errors import StoreError, UsageError
 from tapeagents.llms.base import LLMCall, LLMOutput, Prompt, TokenLogprob, Usage
 from tapeagents.store import schema
 from tapeagents.store.blobs import blob_refs, externalize, find_blob_refs, insert_blobs, internalize
 from tapeagents.store.engine import Transaction, create_store_engine, reason
-from tapeagents.store.schema import blobs, llm_calls, steps, tape_tags, tapes
+from tapeagents.store.schema import annotations, blobs, llm_calls, steps, tape_tags, tapes
 
-__all__ = ["DEFAULT_URL", "TapeStore", "TapeSummary", "TapeTree"]
+__all__ = ["DEFAULT_URL", "Annotation", "TapeStore", "TapeSummary", "TapeTree"]
 
 DEFAULT_URL = "sqlite:///tapes.db"
 _CHUNK = 500
@@ -53,7 +53,24 @@ class TapeSummary(BaseModel):
     created_at: float
     updated_at: float
     length: int
+    task_id: str | None = None
+    outcome: str | None = None
+    reward: float | None = None
     tags: list[str] = Field(default_factory=list)
+
+
+class Annotation(BaseModel):
+    """A person's rating, label and/or comment on one step, or on the whole tape."""
+
+    id: str
+    tape_id: str
+    step_index: int | None = None
+    """Index of the annotated step; None for the tape as a whole."""
+    rating: float | None = None
+    label: str | None = None
+    comment: str | None = None
+    author: str | None = None
+    created_at: float
 
 
 class TapeTree(BaseModel):
@@ -61,6 +78,15 @@ class TapeTree(BaseModel):
 
     tape: TapeSummary
     children: list[TapeTree] = Field(default_factory=list)
+
+
+def _outcome_columns(metadata: TapeMetadata) -> dict[str, Any]:
+    return {
+        "metadata": metadata.model_dump_json(),
+        "task_id": metadata.task_id,
+        "outcome": metadata.outcome,
+        "reward": metadata.reward,
+    }
 
 
 def _dumps(value: Any) -> str:
@@ -187,7 +213,7 @@ class TapeStore:
                         updated_at=now,
                         length=prefix,
                         context=_dumps(_jsonable(tape.context)),
-                        metadata=tape.metadata.model_dump_json(),
+                        **_outcome_columns(tape.metadata),
                     )
                 )
                 self._set_tags(connection, tape.id, tape.metadata.tags)
@@ -201,7 +227,7 @@ class TapeStore:
                     )
                 if stored:
                     self._check_same_step(connection, tape, stored - 1)
-                values: dict[str, Any] = {"metadata": tape.metadata.model_dump_json()}
+                values: dict[str, Any] = _outcome_columns(tape.metadata)
                 if status:
                     values["status"] = status
                 if agent:
@@ -236,7 +262,7 @@ class TapeStore:
         """Record how a run on the tape ended (and the tape's result, error and tags)."""
         values: dict[str, Any] = {"status": status, "updated_at": time.time()}
         if metadata is not None:
-            values["metadata"] = metadata.model_dump_json()
+            values.update(_outcome_columns(metadata))
         with self._write() as connection:
             done = connection.execute(update(tapes).where(tapes.c.id == tape_id).values(**values))
             if done.rowcount == 0:
@@ -521,15 +547,19 @@ class TapeStore:
         since: float | None = None,
         until: float | None = None,
         text: str | None = None,
-        limit: int = 50,
+        task_id: str | None = None,
+        outcome: str | None = None,
+        limit: int | None = 50,
         offset: int = 0,
     ) -> list[TapeSummary]:
-        """Tapes matching all the given filters, newest first.
+        """Tapes matching all the given filters, newest first (`limit=None` for all of them).
 
         `text` matches any step's content (case-insensitive on SQLite, case-sensitive on
         PostgreSQL); `since`/`until` bound the creation time (seconds since the epoch).
         """
-        query = self._filtered(select(tapes), agent, status, tag, since, until, text)
+        query = self._filtered(
+            select(tapes), agent, status, tag, since, until, text, task_id, outcome
+        )
         query = query.order_by(tapes.c.created_at.desc(), tapes.c.id).limit(limit).offset(offset)
         with self._read() as connection:
             rows = connection.execute(query).all()
@@ -552,15 +582,31 @@ class TapeStore:
         since: float | None = None,
         until: float | None = None,
         text: str | None = None,
+        task_id: str | None = None,
+        outcome: str | None = None,
     ) -> int:
         """How many tapes match the filters (see `list`)."""
         query = self._filtered(
-            select(func.count()).select_from(tapes), agent, status, tag, since, until, text
+            select(func.count()).select_from(tapes),
+            agent,
+            status,
+            tag,
+            since,
+            until,
+            text,
+            task_id,
+            outcome,
         )
         with self._read() as connection:
             return int(connection.execute(query).scalar() or 0)
 
-    def _filtered(self, query: Any, agent, status, tag, since, until, text) -> Any:  # type: ignore[no-untyped-def]
+    def _filtered(  # type: ignore[no-untyped-def]
+        self, query: Any, agent, status, tag, since, until, text, task_id=None, outcome=None
+    ) -> Any:
+        if task_id is not None:
+            query = query.where(tapes.c.task_id == task_id)
+        if outcome is not None:
+            query = query.where(tapes.c.outcome == outcome)
         if agent is not None:
             query = query.where(tapes.c.agent == agent)
         if status is not None:
@@ -596,6 +642,9 @@ class TapeStore:
             created_at=row.created_at,
             updated_at=row.updated_at,
             length=row.length,
+            task_id=row.task_id,
+            outcome=row.outcome,
+            reward=row.reward,
             tags=sorted(tags),
         )
 
@@ -684,6 +733,62 @@ class TapeStore:
 
         return build(root)
 
+    # ------------------------------------------------------------------ annotations
+
+    def annotate(
+        self,
+        tape_id: str,
+        step_index: int | None = None,
+        *,
+        rating: float | None = None,
+        label: str | None = None,
+        comment: str | None = None,
+        author: str | None = None,
+    ) -> Annotation:
+        """Record a rating, label and/or comment on a step (or on the tape: `step_index=None`)."""
+        if rating is None and not label and not comment:
+            raise UsageError("An annotation needs a rating, a label or a comment.")
+        with self._write() as connection:
+            length = connection.execute(
+                select(tapes.c.length).where(tapes.c.id == tape_id)
+            ).scalar()
+            if length is None:
+                raise self._missing(tape_id)
+            if step_index is not None and not 0 <= step_index < length:
+                raise UsageError(
+                    f"Tape {tape_id} has {length} steps; there is no step {step_index}."
+                )
+            note = Annotation(
+                id=new_id(),
+                tape_id=tape_id,
+                step_index=step_index,
+                rating=rating,
+                label=label or None,
+                comment=comment or None,
+                author=author,
+                created_at=time.time(),
+            )
+            connection.execute(insert(annotations).values(**note.model_dump()))
+        return note
+
+    def annotations(self, tape_id: str) -> list[Annotation]:
+        """The annotations of a tape, oldest first."""
+        query = (
+            select(annotations)
+            .where(annotations.c.tape_id == tape_id)
+            .order_by(annotations.c.created_at, annotations.c.id)
+        )
+        with self._read() as connection:
+            rows = connection.execute(query).all()
+        return [Annotation.model_validate(row._asdict()) for row in rows]
+
+    def delete_annotation(self, annotation_id: str) -> None:
+        """Remove one annotation."""
+        with self._write() as connection:
+            done = connection.execute(delete(annotations).where(annotations.c.id == annotation_id))
+            if done.rowcount == 0:
+                raise StoreError(f"No annotation {annotation_id} in the store.")
+
     # ------------------------------------------------------------------ upkeep
 
     def delete(self, tape_ids: Iterable[str]) -> int:
@@ -704,6 +809,7 @@ class TapeStore:
                         self._materialize(connection, child_id, prefix)
                 connection.execute(delete(steps).where(steps.c.tape_id == tape_id))
                 connection.execute(delete(tape_tags).where(tape_tags.c.tape_id == tape_id))
+                connection.execute(delete(annotations).where(annotations.c.tape_id == tape_id))
                 connection.execute(delete(tapes).where(tapes.c.id == tape_id))
                 count += 1
         return count

@@ -8,6 +8,7 @@ from typer.testing import CliRunner
 
 import tapeagents
 from tapeagents.cli import app
+from tapeagents.store.schema import SCHEMA_VERSION
 from tests.cli.conftest import Invoke, make_invoke
 
 
@@ -15,7 +16,7 @@ def test_db_info_shows_the_revision_and_counts(cli: Invoke) -> None:
     result = cli("db", "info")
     assert result.exit_code == 0, result.output
     out = " ".join(result.output.split())
-    assert "schema revision 0001 (up to date)" in out
+    assert f"schema revision {SCHEMA_VERSION} (up to date)" in out
     assert "tapes 4" in out and "steps 10" in out and "llm calls 5" in out
 
 

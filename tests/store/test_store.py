@@ -20,6 +20,7 @@ from tapeagents import (
     ToolCall,
     ToolEnvironment,
     UnknownStep,
+    UsageError,
     UserMessage,
     run_sync,
 )
@@ -171,6 +172,63 @@ def test_list_filters_and_paginates(store: TapeStore) -> None:
     assert store.count(text="repeats. A long") == 7  # found inside a blob
     assert store.count(since=time.time() + 60) == 0
     assert store.delete_where(tag="odd") == 3 and store.count() == 4
+
+
+def test_task_outcome_and_reward_are_stored_and_filterable(store: TapeStore) -> None:
+    won, lost = sample_tape(2), sample_tape(2)
+    won.metadata.task_id, won.metadata.outcome, won.metadata.reward = "t1", "success", 1.0
+    store.save(won, status="stopped")
+    store.save(lost, status="running")
+    lost.metadata.task_id, lost.metadata.outcome, lost.metadata.reward = "t2", "failure", 0.0
+    store.set_status(lost.id, "stopped", metadata=lost.metadata)
+    assert [s.id for s in store.list(outcome="success")] == [won.id]
+    assert [s.id for s in store.list(task_id="t2")] == [lost.id]
+    summary = store.summary(lost.id)
+    assert (summary.task_id, summary.outcome, summary.reward) == ("t2", "failure", 0.0)
+    assert store.get(won.id).metadata.reward == 1.0
+
+
+def test_annotations_are_kept_per_step_and_go_with_their_tape(store: TapeStore) -> None:
+    tape = sample_tape(3)
+    store.save(tape)
+    good = store.annotate(tape.id, 1, rating=1, label="good", author="ana")
+    store.annotate(tape.id, comment="whole tape looks fine")
+    notes = store.annotations(tape.id)
+    assert [(n.step_index, n.rating, n.label, n.comment) for n in notes] == [
+        (1, 1.0, "good", None),
+        (None, None, None, "whole tape looks fine"),
+    ]
+    with pytest.raises(UsageError, match="no step 3"):
+        store.annotate(tape.id, 3, rating=1)
+    with pytest.raises(UsageError, match="needs a rating"):
+        store.annotate(tape.id, 0)
+    with pytest.raises(StoreError, match="No tape"):
+        store.annotate("missing", 0, label="x")
+    store.delete_annotation(good.id)
+    assert len(store.annotations(tape.id)) == 1
+    store.delete([tape.id])
+    assert store.annotations(tape.id) == []
+
+
+def test_a_store_from_the_first_schema_is_upgraded_in_place(tmp_path: Path) -> None:
+    from alembic import command
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    store = TapeStore(url, upgrade=False)
+    with store.engine.begin() as connection:
+        config = store._alembic_config(connection)
+        command.upgrade(config, "0001")
+        connection.execute(
+            sa.text(
+                "INSERT INTO tapes (id, prefix_length, status, created_at, updated_at, length) "
+                "VALUES ('old', 0, 'stopped', 1, 1, 0)"
+            )
+        )
+    store.close()
+    store = TapeStore(url)
+    assert store.summary("old").outcome is None
+    store.annotate("old", label="kept from 0001")
+    store.close()
 
 
 def test_export_import_round_trip(store: TapeStore, tmp_path: Path) -> None:
