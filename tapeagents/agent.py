@@ -16,7 +16,7 @@ from __future__ import annotations
 import copy
 import json
 import re
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from typing import Any, Literal
 
 from pydantic import ValidationError
@@ -42,7 +42,7 @@ from tapeagents.errors import LLMError, UsageError
 from tapeagents.llms import LLM, LLMCall, LLMOutput, Prompt, TextDelta, ToolCallRequest, resolve_llm
 from tapeagents.prompts import TemplateSet
 
-__all__ = ["Agent", "LLMNode", "Node", "NodeOutput"]
+__all__ = ["Agent", "LLMNode", "Node", "NodeOutput", "output_groups"]
 
 NodeOutput = Step | LLMCall | TextDelta
 """What a node yields: steps, the LLM calls they came from, and streamed text."""
@@ -320,6 +320,41 @@ class LLMNode(Node):
 
     def make_prompt(self, agent: Agent, tape: Tape[Any, Any]) -> Prompt:
         """The exact request this node sends for `tape`."""
+        messages = self._system_messages(agent, tape) + self.tape_messages(tape)
+        return Prompt(messages=messages, tools=self._prompt_tools())
+
+    def make_prompts(self, agent: Agent, tape: Tape[Any, Any], ends: Sequence[int]) -> list[Prompt]:
+        """`make_prompt` for each prefix `tape.steps[:end]`, in one pass over the tape.
+
+        This is how exporters rebuild the request behind every model output of a tape without
+        rendering the tape again for each one. An `end` inside a group of steps that came from
+        one model output gets `make_prompt` of that prefix, so the result is always exact. The
+        prompts share their message dicts (copy one before changing it).
+        """
+        wanted = set(ends)
+        upto = max(wanted, default=0)
+        snapshots: dict[int, list[dict[str, Any]]] = {0: []}
+        messages: list[dict[str, Any]] = []
+        if upto > 0:
+            for stop, group in self._group_messages(tape.steps[:upto]):
+                messages.extend(group)
+                if stop in wanted:
+                    snapshots[stop] = list(messages)
+        tools = self._prompt_tools()
+        prompts = []
+        for end in ends:
+            if not 0 <= end <= len(tape.steps):
+                raise UsageError(f"No prefix of {end} steps: the tape has {len(tape.steps)}.")
+            prefix = tape.model_copy(update={"steps": tape.steps[:end]})
+            if end in snapshots:
+                history = self._system_messages(agent, prefix) + snapshots[end]
+                # Built from messages made here: no validation, and no copies of them.
+                prompts.append(Prompt.model_construct(messages=history, tools=tools))
+            else:
+                prompts.append(self.make_prompt(agent, prefix))
+        return prompts
+
+    def _system_messages(self, agent: Agent, tape: Tape[Any, Any]) -> list[dict[str, Any]]:
         system = agent.templates.render(
             self.system_prompt, tape=tape, context=tape.context, agent=agent
         )
@@ -327,10 +362,10 @@ class LLMNode(Node):
             system = (
                 f"{system}\n\n{self.json_instructions()}" if system else self.json_instructions()
             )
-        messages = [{"role": "system", "content": system}] if system else []
-        messages += self.tape_messages(tape)
-        tools = self.tool_schemas() if self.mode == "tools" and self.tool_schemas() else None
-        return Prompt(messages=messages, tools=tools)
+        return [{"role": "system", "content": system}] if system else []
+
+    def _prompt_tools(self) -> list[dict[str, Any]] | None:
+        return self.tool_schemas() if self.mode == "tools" and self.tool_schemas() else None
 
     def tape_messages(self, tape: Tape[Any, Any], end: int | None = None) -> list[dict[str, Any]]:
         """The first `end` steps of the tape (default: all) as chat messages in this node's format.
@@ -339,47 +374,47 @@ class LLMNode(Node):
         """
         steps = tape.steps[:end] if end is not None else tape.steps
         messages: list[dict[str, Any]] = []
-        tool_ids: dict[str, str] = {}  # action metadata id -> tool call id
-        i = 0
-        while i < len(steps):
-            step = steps[i]
-            if isinstance(step, Observation):
-                messages.append(self._observation_message(step, tool_ids))
-                i += 1
-                continue
-            if isinstance(step, ParsingFailure):
-                messages.append({"role": "assistant", "content": step.raw_output})
-                messages.append(
-                    {
-                        "role": "user",
-                        "content": f"Your answer could not be used: {step.error}\n"
-                        "Answer again in the required format.",
-                    }
-                )
-                i += 1
-                continue
-            if isinstance(step, Error):
-                i += 1  # infrastructure failures are not part of the conversation
-                continue
-            if isinstance(step, UnknownStep):
-                messages.append({"role": "user", "content": f"[{step.kind}] {step.llm_text()}"})
-                i += 1
-                continue
-            j = i + 1
-            while j < len(steps) and _same_output(steps[i], steps[j]):
-                j += 1
-            group = steps[i:j]
-            output = self.inverse(group)
-            messages.append(output.as_message())
-            for step_in_group, request in zip(
-                _tool_call_steps(self, group), output.tool_calls, strict=True
-            ):
-                if isinstance(step_in_group, Action):
-                    tool_ids[step_in_group.metadata.id] = request.id
-                else:
-                    messages.append({"role": "tool", "tool_call_id": request.id, "content": _ACK})
-            i = j
+        for _, group in self._group_messages(steps):
+            messages.extend(group)
         return messages
+
+    def _group_messages(self, steps: Sequence[Step]) -> Iterator[tuple[int, list[dict[str, Any]]]]:
+        """For each group of `output_groups(steps)`: where it ends, and its chat messages."""
+        tool_ids: dict[str, str] = {}  # action metadata id -> tool call id
+        for start, stop in output_groups(steps):
+            step = steps[start]
+            if isinstance(step, Observation):
+                yield stop, [self._observation_message(step, tool_ids)]
+            elif isinstance(step, ParsingFailure):
+                yield (
+                    stop,
+                    [
+                        {"role": "assistant", "content": step.raw_output},
+                        {
+                            "role": "user",
+                            "content": f"Your answer could not be used: {step.error}\n"
+                            "Answer again in the required format.",
+                        },
+                    ],
+                )
+            elif isinstance(step, Error):
+                yield stop, []  # infrastructure failures are not part of the conversation
+            elif isinstance(step, UnknownStep):
+                yield stop, [{"role": "user", "content": f"[{step.kind}] {step.llm_text()}"}]
+            else:
+                group = steps[start:stop]
+                output = self.inverse(group)
+                messages = [output.as_message()]
+                for step_in_group, request in zip(
+                    _tool_call_steps(self, group), output.tool_calls, strict=True
+                ):
+                    if isinstance(step_in_group, Action):
+                        tool_ids[step_in_group.metadata.id] = request.id
+                    else:
+                        messages.append(
+                            {"role": "tool", "tool_call_id": request.id, "content": _ACK}
+                        )
+                yield stop, messages
 
     def _observation_message(
         self, step: Observation, tool_ids: Mapping[str, str]
@@ -566,11 +601,34 @@ class LLMNode(Node):
             ]
         for step in steps:
             step.metadata.llm_call_id = call.id
+            if call.retries:  # kept on the tape: the store does not keep LLMCall.retries
+                step.metadata.extra["llm_retries"] = call.retries
             yield step
 
 
 class _ParseError(Exception):
     pass
+
+
+def output_groups(steps: Sequence[Step]) -> list[tuple[int, int]]:
+    """The `(start, stop)` index ranges of `steps` that one model output produced.
+
+    Consecutive agent steps with the same `llm_call_id` form a group, and so do consecutive
+    agent steps without one from the same agent and node (a non-LLM turn, or steps written by
+    hand). Every observation, error and unknown step is a group of its own. Prompts render each
+    group as one message, and exporters make one training example of each LLM-produced group.
+    """
+    groups: list[tuple[int, int]] = []
+    i, n = 0, len(steps)
+    while i < n:
+        step = steps[i]
+        j = i + 1
+        if not isinstance(step, Observation | Error | UnknownStep):
+            while j < n and _same_output(step, steps[j]):
+                j += 1
+        groups.append((i, j))
+        i = j
+    return groups
 
 
 def _same_output(first: Step, other: Step) -> bool:

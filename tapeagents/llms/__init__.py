@@ -29,12 +29,14 @@ from tapeagents.llms.base import (
     Usage,
 )
 from tapeagents.llms.cache import CachedLLM
+from tapeagents.llms.limits import RateLimit
 from tapeagents.llms.replay import ReplayLLM
 from tapeagents.llms.scripted import ScriptedLLM, tool_call
 
 if TYPE_CHECKING:
     from tapeagents.llms.litellm import LiteLLM
     from tapeagents.llms.local import LocalLLM
+    from tapeagents.llms.openai_compat import OpenAICompatLLM
 
 __all__ = [
     "LLM",
@@ -43,7 +45,9 @@ __all__ = [
     "LLMOutput",
     "LiteLLM",
     "LocalLLM",
+    "OpenAICompatLLM",
     "Prompt",
+    "RateLimit",
     "ReplayLLM",
     "ScriptedLLM",
     "TextDelta",
@@ -65,6 +69,10 @@ def __getattr__(name: str) -> Any:
         from tapeagents.llms.local import LocalLLM
 
         return LocalLLM
+    if name == "OpenAICompatLLM":
+        from tapeagents.llms.openai_compat import OpenAICompatLLM
+
+        return OpenAICompatLLM
     raise AttributeError(f"module 'tapeagents.llms' has no attribute {name!r}")
 
 

@@ -17,6 +17,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from tapeagents.llms.limits import counting_retries
+
 __all__ = [
     "LLM",
     "LLMCall",
@@ -113,6 +115,9 @@ class LLMCall(BaseModel):
     latency: float = 0.0
     """Seconds from request to complete answer."""
     created_at: float = Field(default_factory=time.time)
+    retries: int = 0
+    """Transient failures (rate limits, timeouts, 5xx) retried before this answer; the steps
+    parsed from the call keep it in `metadata.extra["llm_retries"]`."""
 
     @property
     def usage(self) -> Usage:
@@ -168,19 +173,34 @@ class LLM(ABC):
     async def call(self, prompt: Prompt) -> LLMCall:
         """Answer the prompt and return the full record of the call."""
         start = time.perf_counter()
-        output = await self.generate(prompt)
-        return self._record(prompt, output, time.perf_counter() - start)
+        with counting_retries() as retries:
+            output = await self.generate(prompt)
+        return self._record(prompt, output, time.perf_counter() - start, retries[0])
 
     async def stream_call(self, prompt: Prompt) -> AsyncIterator[TextDelta | LLMCall]:
         """Like `call`, but yields text deltas first; the last item is the `LLMCall`."""
         start = time.perf_counter()
-        async for item in self.stream(prompt):
-            if isinstance(item, TextDelta):
-                yield item
-            else:
-                yield self._record(prompt, item, time.perf_counter() - start)
+        stream = self.stream(prompt)
+        retries = [0]
+        try:
+            while True:
+                with counting_retries() as counter:  # counted within each step of the stream
+                    try:
+                        item = await anext(stream)
+                    except StopAsyncIteration:
+                        break
+                    finally:
+                        retries[0] += counter[0]
+                if isinstance(item, TextDelta):
+                    yield item
+                else:
+                    yield self._record(prompt, item, time.perf_counter() - start, retries[0])
+        finally:
+            await stream.aclose()  # type: ignore[attr-defined]
 
-    def _record(self, prompt: Prompt, output: LLMOutput, latency: float) -> LLMCall:
+    def _record(
+        self, prompt: Prompt, output: LLMOutput, latency: float, retries: int = 0
+    ) -> LLMCall:
         return LLMCall(
             id=self.request_id(prompt),
             model=self.model,
@@ -188,6 +208,7 @@ class LLM(ABC):
             prompt=prompt,
             output=output,
             latency=latency,
+            retries=retries,
         )
 
     def __repr__(self) -> str:

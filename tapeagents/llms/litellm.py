@@ -2,7 +2,9 @@
 
 litellm is an optional dependency and slow to import (seconds), so it is imported on the
 first request, once, and never by `import tapeagents`. Retries are done here, not by litellm,
-so that their policy (which errors, how long to wait) is ours and visible.
+so that their policy (which errors, how long to wait) is ours and visible: every request goes
+through a `RequestGate` (`tapeagents.llms.limits`), shared with the other backends, which also
+applies the model's `RateLimit`.
 
 Testing: keyword arguments whose names start with `mock_` (litellm's `mock_response`,
 `mock_tool_calls`, ...) are passed to litellm on every request but are not recorded in
@@ -11,10 +13,8 @@ Testing: keyword arguments whose names start with `mock_` (litellm's `mock_respo
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
-import random
 import threading
 import warnings
 from collections.abc import AsyncIterator
@@ -31,6 +31,7 @@ from tapeagents.llms.base import (
     ToolCallRequest,
     Usage,
 )
+from tapeagents.llms.limits import RateLimit, RequestGate, RetryPolicy
 
 __all__ = ["LiteLLM"]
 
@@ -139,7 +140,8 @@ class LiteLLM(LLM):
     credentials (`api_key`, or extra arguments that look like one) nor `mock_*` arguments.
 
     Transient failures (rate limits, timeouts, connection and 5xx errors) are retried
-    `max_retries` times with exponential backoff starting at `backoff` seconds.
+    `max_retries` times with exponential backoff starting at `backoff` seconds. A `rate_limit`
+    (requests and tokens per minute) is shared by every session that uses this object.
 
     Example:
         >>> llm = LiteLLM("gpt-4o-mini", temperature=0.0)
@@ -156,6 +158,7 @@ class LiteLLM(LLM):
         timeout: float | None = 60,
         api_base: str | None = None,
         api_key: str | None = None,
+        rate_limit: RateLimit | None = None,
         **extra: Any,
     ) -> None:
         reserved = sorted(_RESERVED.intersection(extra))
@@ -181,14 +184,20 @@ class LiteLLM(LLM):
             else:
                 params[name] = value
         super().__init__(model, **params)
-        self.max_retries = max_retries
-        self.backoff = backoff
         self.timeout = timeout
         self.api_base = api_base
         self._api_key = _Secret(api_key)
-        self.retries_total = 0
+        self.gate = RequestGate(
+            retry=RetryPolicy(max_retries=max_retries, backoff=backoff, max_delay=_MAX_DELAY),
+            rate_limit=rate_limit,
+            is_transient=self._transient,
+            failure=self._failure,
+        )
+
+    @property
+    def retries_total(self) -> int:
         """Retries made by this backend since it was created, over all requests."""
-        self._retries_lock = threading.Lock()
+        return self.gate.retries
 
     def _kwargs(self, prompt: Prompt) -> dict[str, Any]:
         """Keyword arguments for `litellm.acompletion`."""
@@ -214,13 +223,11 @@ class LiteLLM(LLM):
     async def generate(self, prompt: Prompt) -> LLMOutput:
         litellm = _import_litellm()
         kwargs = self._kwargs(prompt)
-        attempt = 0
-        while True:
-            try:
-                response = await litellm.acompletion(**kwargs)
-                break
-            except Exception as e:
-                attempt = await self._handle_error(litellm, e, attempt)
+        response = await self.gate.send(
+            lambda: litellm.acompletion(**kwargs),
+            tokens=self.gate.tokens_for(prompt.messages, prompt.tools),
+            used=lambda response: _usage(_get(response, "usage")).total_tokens,
+        )
         return self._output(litellm, response)
 
     async def stream(self, prompt: Prompt) -> AsyncIterator[TextDelta | LLMOutput]:
@@ -231,63 +238,61 @@ class LiteLLM(LLM):
         litellm = _import_litellm()
         kwargs = self._kwargs(prompt)
         kwargs.update(stream=True, stream_options={"include_usage": True})
+        async for item in self.gate.stream(
+            lambda: self._stream_once(litellm, kwargs),
+            tokens=self.gate.tokens_for(prompt.messages, prompt.tools),
+            is_partial=lambda item: isinstance(item, TextDelta),
+            used=lambda item: item.usage.total_tokens if isinstance(item, LLMOutput) else None,
+        ):
+            yield item
+
+    async def _stream_once(
+        self, litellm: ModuleType, kwargs: dict[str, Any]
+    ) -> AsyncIterator[TextDelta | LLMOutput]:
+        """One streamed request: text deltas, then the assembled output."""
         want_logprobs = bool(self.parameters.get("logprobs"))
-        attempt = 0
-        while True:
-            content: list[str] = []
-            calls: dict[int, dict[str, Any]] = {}
-            logprobs: list[TokenLogprob] = []
-            usage: Any = None
-            try:
-                response = await litellm.acompletion(**kwargs)
-                async for chunk in response:
-                    if _get(chunk, "usage") is not None:
-                        usage = _get(chunk, "usage")
-                    choices = _get(chunk, "choices") or []
-                    if not choices:
-                        continue
-                    choice = choices[0]
-                    if want_logprobs:
-                        logprobs.extend(_logprobs(_get(choice, "logprobs")))
-                    delta = _get(choice, "delta")
-                    text = _get(delta, "content")
-                    if text:
-                        content.append(text)
-                        yield TextDelta(text=text)
-                    for position, call in enumerate(_get(delta, "tool_calls") or []):
-                        index = _get(call, "index")
-                        acc = calls.setdefault(
-                            position if index is None else index,
-                            {"id": "", "name": "", "arguments": ""},
-                        )
-                        function = _get(call, "function")
-                        acc["id"] = _get(call, "id") or acc["id"]
-                        acc["name"] = _get(function, "name") or acc["name"]
-                        acc["arguments"] += _get(function, "arguments") or ""
-                break
-            except Exception as e:
-                if content:  # text already went out: a retry would repeat it
-                    raise self._error(litellm, e, attempt) from e
-                attempt = await self._handle_error(litellm, e, attempt)
-        output_usage = _usage(usage)
+        content: list[str] = []
+        calls: dict[int, dict[str, Any]] = {}
+        logprobs: list[TokenLogprob] = []
+        usage: Any = None
+        response = await litellm.acompletion(**kwargs)
+        async for chunk in response:
+            if _get(chunk, "usage") is not None:
+                usage = _get(chunk, "usage")
+            choices = _get(chunk, "choices") or []
+            if not choices:
+                continue
+            choice = choices[0]
+            if want_logprobs:
+                logprobs.extend(_logprobs(_get(choice, "logprobs")))
+            delta = _get(choice, "delta")
+            text = _get(delta, "content")
+            if text:
+                content.append(text)
+                yield TextDelta(text=text)
+            for position, call in enumerate(_get(delta, "tool_calls") or []):
+                index = _get(call, "index")
+                acc = calls.setdefault(
+                    position if index is None else index,
+                    {"id": "", "name": "", "arguments": ""},
+                )
+                function = _get(call, "function")
+                acc["id"] = _get(call, "id") or acc["id"]
+                acc["name"] = _get(function, "name") or acc["name"]
+                acc["arguments"] += _get(function, "arguments") or ""
         yield LLMOutput(
             content="".join(content) if content or not calls else None,
             tool_calls=[ToolCallRequest(**calls[i]) for i in sorted(calls)],
-            usage=output_usage,
+            usage=_usage(usage),
             logprobs=logprobs if want_logprobs and logprobs else None,
             cost=self._stream_cost(litellm, usage) if usage is not None else None,
         )
 
-    async def _handle_error(self, litellm: ModuleType, error: Exception, attempt: int) -> int:
-        """Wait before the next attempt if `error` is transient and retries are left, else raise."""
-        if not self._is_transient(litellm, error) or attempt >= self.max_retries:
-            raise self._error(litellm, error, attempt) from error
-        delay = self.backoff * 2**attempt * (1 + 0.25 * random.random())
-        delay = min(max(delay, _retry_after(error)), _MAX_DELAY)
-        with self._retries_lock:
-            self.retries_total += 1
-        await asyncio.sleep(delay)
-        return attempt + 1
+    def _transient(self, error: Exception) -> bool:
+        return self._is_transient(_import_litellm(), error)
+
+    def _failure(self, error: Exception, retries: int) -> LLMError:
+        return self._error(_import_litellm(), error, retries)
 
     @staticmethod
     def _is_transient(litellm: ModuleType, error: Exception) -> bool:
@@ -367,13 +372,3 @@ class LiteLLM(LLM):
             return float(prompt_cost + completion_cost)
         except Exception:  # models without a known price
             return None
-
-
-def _retry_after(error: Exception) -> float:
-    """Seconds the server asked us to wait (Retry-After header), or 0."""
-    response = getattr(error, "response", None)
-    headers = getattr(response, "headers", None) or {}
-    try:
-        return max(float(headers.get("retry-after", 0)), 0.0)
-    except (TypeError, ValueError):
-        return 0.0
