@@ -235,6 +235,7 @@ class LocalLLM(LLM):
         self.adapter = adapter
         self.device = device
         self._loaded: _Loaded | None = None
+        self._tokenizer_only: _Loaded | None = None
 
     # ------------------------------------------------------------------ public API
 
@@ -295,6 +296,55 @@ class LocalLLM(LLM):
         """The directory the weights were loaded from, once loaded."""
         return self._loaded.path if self._loaded else None
 
+    def encode(self, prompt: Prompt, output: LLMOutput) -> tuple[list[int], list[int]]:
+        """Token ids of `prompt` as this model reads it, and of `output` as it would write it.
+
+        This is what token-level training examples are made of. The answer's ids end with the
+        model's end-of-turn token (which ends every generated answer); the ids before it decode
+        to the answer's text, with tool calls written the way `generate` reads them back when
+        the chat template knows no tool calls. Loads only the tokenizer, not the weights.
+        """
+        loaded = self._loaded or self._load_tokenizer()
+        tokenizer = loaded.tokenizer
+        prompt_ids = self._prompt_ids(loaded, prompt.messages, prompt.tools)
+        answer = output.as_message()
+        if loaded.supports_tool_calls and output.tool_calls:
+            # The template writes tool calls in its own syntax: take what it renders after the
+            # generation prompt, up to and including the end of the turn.
+            rendered = self._messages(loaded, [*prompt.messages, answer], prompt.tools)
+            kwargs: dict[str, Any] = {"tools": prompt.tools} if loaded.supports_tools else {}
+            full = list(
+                tokenizer.apply_chat_template(rendered, tokenize=True, return_dict=True, **kwargs)[
+                    "input_ids"
+                ]
+            )
+            if full[: len(prompt_ids)] != prompt_ids:
+                raise UsageError(
+                    f"The chat template of {loaded.path} renders a conversation differently from "
+                    "its generation prompt, so the answer's tokens cannot be told apart; export "
+                    "this model's examples as chat records instead."
+                )
+            answer_ids = full[len(prompt_ids) :]
+            ends = [i for i, token in enumerate(answer_ids) if token in loaded.eos_token_ids]
+            return prompt_ids, answer_ids[: ends[0] + 1] if ends else answer_ids
+        (message,) = self._messages(loaded, [answer], None)  # tool calls as JSON text
+        answer_ids = list(
+            tokenizer(message["content"], add_special_tokens=False, sanitize_control_tokens=True)[
+                "input_ids"
+            ]
+        )
+        return prompt_ids, [*answer_ids, loaded.eos_token_ids[0]]
+
+    @property
+    def tokenizer(self) -> Any:
+        """The model's Hugging Face tokenizer (loads the tokenizer only, if the model is not)."""
+        return (self._loaded or self._load_tokenizer()).tokenizer
+
+    @property
+    def context_window(self) -> int | None:
+        """The most tokens the model can attend to (prompt and answer), when its config says."""
+        return (self._loaded or self._load_tokenizer()).context_window
+
     # ------------------------------------------------------------------ loading
 
     def _load(self) -> _Loaded:
@@ -316,6 +366,29 @@ class LocalLLM(LLM):
                 self._loaded = loaded
             return self._loaded
 
+    def _load_tokenizer(self) -> _Loaded:
+        """The tokenizer and what its chat template supports, without the weights (once)."""
+        with _LOAD_LOCK:
+            if self._tokenizer_only is None:
+                _, transformers = _import_backend()
+                path = self._resolve_model_dir()
+                with _quiet(transformers):
+                    try:
+                        tokenizer = transformers.AutoTokenizer.from_pretrained(path)
+                        config = transformers.AutoConfig.from_pretrained(path)
+                    except OSError as error:
+                        raise UsageError(
+                            f"Cannot load the tokenizer from {path}: {error}"
+                        ) from None
+                    try:
+                        generation = transformers.GenerationConfig.from_pretrained(path)
+                    except OSError:  # no generation_config.json: the model config's tokens
+                        generation = transformers.GenerationConfig.from_model_config(config)
+                self._tokenizer_only = _describe_loaded(
+                    None, tokenizer, config, generation, device="cpu", path=path
+                )
+            return self._tokenizer_only
+
     def _load_model(self, path: Path, device: str) -> _Loaded:
         torch, transformers = _import_backend()
         peft_model = _peft_model_class(self.adapter) if self.adapter is not None else None
@@ -332,40 +405,17 @@ class LocalLLM(LLM):
         if peft_model is not None and self.adapter is not None:
             model = peft_model.from_pretrained(model, str(Path(self.adapter).expanduser()))
         model.eval()
-
-        generation_config = model.generation_config
-        eos = generation_config.eos_token_id
-        if eos is None:
-            eos = tokenizer.eos_token_id
-        eos_ids = [eos] if isinstance(eos, int) else list(eos or [])
-        pad = generation_config.pad_token_id
-        if pad is None:
-            pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids[0]
+        loaded = _describe_loaded(
+            model, tokenizer, model.config, model.generation_config, device=device, path=path
+        )
         # Start from a clean generation config, so a checkpoint's own sampling defaults
         # (temperature, top_p, repetition penalty...) never leak into ours.
         model.generation_config = transformers.GenerationConfig(
-            bos_token_id=generation_config.bos_token_id, eos_token_id=eos_ids, pad_token_id=pad
+            bos_token_id=model.generation_config.bos_token_id,
+            eos_token_id=loaded.eos_token_ids,
+            pad_token_id=loaded.pad_token_id,
         )
-
-        template = tokenizer.chat_template
-        if isinstance(template, dict):  # several named templates
-            template = template.get("default") or next(iter(template.values()), "")
-        template = template or ""
-        config = model.config
-        context = getattr(config, "max_position_embeddings", None)
-        if context is None and hasattr(config, "get_text_config"):
-            context = getattr(config.get_text_config(), "max_position_embeddings", None)
-        return _Loaded(
-            model=model,
-            tokenizer=tokenizer,
-            device=device,
-            path=str(path),
-            context_window=context,
-            eos_token_ids=eos_ids,
-            pad_token_id=pad,
-            supports_tool_calls="tool_calls" in template,
-            supports_tools="tools" in template.replace("tool_calls", ""),
-        )
+        return loaded
 
     def _resolve_model_dir(self) -> Path:
         """The HF model directory to load, converting a GGUF file into the cache first."""
@@ -572,6 +622,38 @@ class LocalLLM(LLM):
 
 
 # ---------------------------------------------------------------------- helpers
+
+
+def _describe_loaded(
+    model: Any, tokenizer: Any, config: Any, generation_config: Any, *, device: str, path: Path
+) -> _Loaded:
+    """What generation needs to know about a model: end-of-turn and padding tokens, context
+    window, and whether its chat template renders tool calls and tool specifications."""
+    eos = generation_config.eos_token_id
+    if eos is None:
+        eos = tokenizer.eos_token_id
+    eos_ids = [eos] if isinstance(eos, int) else list(eos or [])
+    pad = generation_config.pad_token_id
+    if pad is None:
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids[0]
+    template = tokenizer.chat_template
+    if isinstance(template, dict):  # several named templates
+        template = template.get("default") or next(iter(template.values()), "")
+    template = template or ""
+    context = getattr(config, "max_position_embeddings", None)
+    if context is None and hasattr(config, "get_text_config"):
+        context = getattr(config.get_text_config(), "max_position_embeddings", None)
+    return _Loaded(
+        model=model,
+        tokenizer=tokenizer,
+        device=device,
+        path=str(path),
+        context_window=context,
+        eos_token_ids=eos_ids,
+        pad_token_id=pad,
+        supports_tool_calls="tool_calls" in template,
+        supports_tools="tools" in template.replace("tool_calls", ""),
+    )
 
 
 def _stop_on(transformers: Any, event: threading.Event) -> Any:
