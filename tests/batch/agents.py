@@ -1,0 +1,94 @@
+"""Agents and environments for the batch tests; the CLI and Ray workers load them by path."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+
+from tapeagents import Agent, FinalAnswer, LLMNode, Reasoning, ToolEnvironment
+from tapeagents.llms import LLMOutput, Prompt, ScriptedLLM, tool_call
+
+
+def _last_user(prompt: Prompt) -> str:
+    for message in reversed(prompt.messages):
+        if message["role"] == "user":
+            return str(message["content"])
+    return ""
+
+
+def _first_user(prompt: Prompt) -> str:
+    for message in prompt.messages:
+        if message["role"] == "user":
+            return str(message["content"])
+    return ""
+
+
+def answer(prompt: Prompt) -> str:
+    """Echoes the task's message; "boom" raises (a bug in the agent); "die <marker>" kills the
+    process the first time (a dying Ray worker), leaving the marker file behind."""
+    text = _last_user(prompt)
+    if text == "boom":
+        raise RuntimeError("the agent blew up on purpose")
+    if text.startswith("die "):
+        marker = Path(text.split(" ", 1)[1])
+        if not marker.exists():
+            marker.write_text(str(os.getpid()))
+            os._exit(1)
+    return f"done: {text}"
+
+
+def steps_agent(steps: int = 3) -> Agent:
+    """`steps` LLM calls per task: thoughts, then a final answer (the tape ends "stopped")."""
+    nodes = [LLMNode(f"think{i}", steps=[Reasoning], text_step=Reasoning) for i in range(steps - 1)]
+    nodes.append(LLMNode("answer", steps=[FinalAnswer], text_step=FinalAnswer))
+    return Agent("steps", nodes=nodes, llms=ScriptedLLM(answer))
+
+
+def three_steps() -> Agent:
+    return steps_agent(3)
+
+
+class SlowLLM(ScriptedLLM):
+    """Answers after `delay` seconds (five times that for tasks whose message says "slow") and
+    counts how many requests are in flight at once."""
+
+    def __init__(self, delay: float) -> None:
+        super().__init__(answer)
+        self.delay = delay
+        self.in_flight = 0
+        self.max_in_flight = 0
+
+    async def generate(self, prompt: Prompt) -> LLMOutput:
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            slow = "slow" in _first_user(prompt)
+            await asyncio.sleep(self.delay * (5 if slow else 1))
+            return await super().generate(prompt)
+        finally:
+            self.in_flight -= 1
+
+
+def add(a: int, b: int) -> int:
+    """Add two integers."""
+    return a + b
+
+
+def calc_env() -> ToolEnvironment:
+    return ToolEnvironment([add])
+
+
+def _calc_answers(prompt: Prompt) -> LLMOutput:
+    if prompt.messages[-1]["role"] == "user":
+        return LLMOutput(tool_calls=[tool_call("add", '{"a": 2, "b": 3}')])
+    return LLMOutput(tool_calls=[tool_call("final_answer", '{"answer": "5"}')])
+
+
+def calc_agent() -> Agent:
+    """Calls `add` once, then answers: needs an environment (--env tests.batch.agents:calc_env)."""
+    return Agent(
+        "calc",
+        nodes=[LLMNode(steps=[FinalAnswer], tools=calc_env().tools)],
+        llms=ScriptedLLM(_calc_answers),
+    )
