@@ -1,0 +1,158 @@
+"""Agent runs started from the studio, and the signal that tells watchers a tape changed.
+
+A run is `tapeagents.run(agent, tape, env, store=store)` drained in a background task on the
+server's event loop; every step is in the store before the run reports it. Pages watch a tape
+through `Runs.signal(tape_id)`: an event that is set (and replaced) whenever a run in this
+process appends to the tape, so live views update at once, while runs in other processes are
+still seen by polling the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import traceback
+from collections.abc import Mapping
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from tapeagents.core import UserMessage
+from tapeagents.errors import UsageError
+from tapeagents.orchestrator import Finished, StepAppended, run
+
+if TYPE_CHECKING:
+    from tapeagents.agent import Agent
+    from tapeagents.core import Tape
+    from tapeagents.environment import Environment
+    from tapeagents.store import TapeStore
+
+__all__ = ["RunState", "Runs"]
+
+
+@dataclass
+class RunState:
+    """One run started from the studio."""
+
+    tape_id: str
+    agent_name: str
+    started_at: float = field(default_factory=time.time)
+    done: bool = False
+    reason: str | None = None
+    """The run's stop reason once it has finished ("stopped", "error", ...)."""
+    error: str | None = None
+    """What went wrong, when the run failed or could not start."""
+    steps: int = 0
+    """Steps the run appended so far."""
+
+
+class Runs:
+    """The runs of one studio: start them, watch them, cancel them on shutdown.
+
+    Args:
+        store: Where the runs read and write their tapes.
+        agents: Agent names (as shown in the studio) to `package.module:attribute` paths; each
+            is loaded with `tapeagents.cli.common.load_agent` when a run starts, so every run
+            gets a fresh agent and environment.
+    """
+
+    def __init__(self, store: TapeStore, agents: Mapping[str, str]) -> None:
+        self.store = store
+        self.agents = dict(agents)
+        self._states: dict[str, RunState] = {}
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._signals: dict[str, asyncio.Event] = {}
+
+    def get(self, tape_id: str) -> RunState | None:
+        """The latest run on the tape started by this studio, if any."""
+        return self._states.get(tape_id)
+
+    def active(self, tape_id: str) -> bool:
+        state = self._states.get(tape_id)
+        return state is not None and not state.done
+
+    def signal(self, tape_id: str) -> asyncio.Event:
+        """An event that is set the next time a run of this studio changes the tape."""
+        event = self._signals.get(tape_id)
+        if event is None or event.is_set():
+            event = self._signals[tape_id] = asyncio.Event()
+        return event
+
+    def _notify(self, tape_id: str) -> None:
+        event = self._signals.pop(tape_id, None)
+        if event is not None:
+            event.set()
+
+    async def start(
+        self,
+        tape_id: str,
+        agent_name: str,
+        *,
+        message: str | None = None,
+        max_steps: int = 50,
+    ) -> RunState:
+        """Load the agent named `agent_name` and run it on the stored tape in the background.
+
+        Raises:
+            UsageError: The name is unknown, the agent cannot be loaded, or a run of this
+                studio is already working on the tape.
+        """
+        from tapeagents.cli.common import load_agent
+
+        if agent_name not in self.agents:
+            known = ", ".join(sorted(self.agents)) or "none"
+            raise UsageError(
+                f"No agent named {agent_name!r} in this studio (known: {known}). Start the "
+                "studio with --agent NAME=package.module:attribute to add one."
+            )
+        if self.active(tape_id):
+            raise UsageError(
+                f"An agent is already running on tape {tape_id[:8]}; wait for it to finish."
+            )
+        agent, env = await asyncio.to_thread(load_agent, self.agents[agent_name])
+        tape = await asyncio.to_thread(self.store.get, tape_id)
+        if message:
+            tape.append(UserMessage(content=message))
+        state = RunState(tape_id=tape_id, agent_name=agent_name)
+        self._states[tape_id] = state
+        task = asyncio.create_task(self._drive(state, agent, env, tape, max_steps))
+        self._tasks[tape_id] = task
+        self._notify(tape_id)
+        return state
+
+    async def _drive(
+        self,
+        state: RunState,
+        agent: Agent,
+        env: Environment | None,
+        tape: Tape[Any, Any],
+        max_steps: int,
+    ) -> None:
+        try:
+            async with AsyncExitStack() as stack:
+                if env is not None:
+                    await stack.enter_async_context(env)
+                events = run(agent, tape, env, max_steps=max_steps, store=self.store)
+                async for event in events:
+                    if isinstance(event, Finished):
+                        state.reason, state.error = event.reason, event.error
+                    elif isinstance(event, StepAppended):
+                        state.steps += 1
+                        self._notify(state.tape_id)
+        except asyncio.CancelledError:
+            state.reason, state.error = "cancelled", "The studio stopped while the agent ran."
+            raise
+        except Exception as error:  # the run recorded a NodeFailure; say what happened
+            state.reason = "error"
+            state.error = "".join(traceback.format_exception_only(error)).strip()
+        finally:
+            state.done = True
+            self._tasks.pop(state.tape_id, None)
+            self._notify(state.tape_id)
+
+    async def aclose(self) -> None:
+        """Cancel the runs still going (their tapes stay resumable) and wait for them."""
+        tasks = list(self._tasks.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
