@@ -436,6 +436,12 @@ class Tape(BaseModel, Generic[ContextT, StepT]):
         """The kinds of all steps, in order (handy in tests and logs)."""
         return [step.kind for step in self.steps]
 
+    def _repr_html_(self) -> str:
+        """The studio's step view, for Jupyter (self-contained HTML, everything escaped)."""
+        from tapeagents.studio.render import tape_html  # jinja2 only, no web framework
+
+        return tape_html(self)
+
     def steps_of(self, *types: type[Step]) -> Sequence[Step]:
         """The steps that are instances of any of `types`."""
         return [step for step in self.steps if isinstance(step, types)]

@@ -600,6 +600,23 @@ class TapeStore:
         with self._read() as connection:
             return int(connection.execute(query).scalar() or 0)
 
+    def facets(self, limit: int = 100) -> dict[str, list[tuple[str, int]]]:
+        """The values tapes have for `agent`, `status`, `outcome` and `tag`, each with how many
+        tapes have it, most common first (at most `limit` per field): what filter menus offer."""
+        columns = {"agent": tapes.c.agent, "status": tapes.c.status, "outcome": tapes.c.outcome}
+        queries = {
+            name: select(column, func.count()).where(column.is_not(None)).group_by(column)
+            for name, column in columns.items()
+        }
+        queries["tag"] = select(tape_tags.c.tag, func.count()).group_by(tape_tags.c.tag)
+        result = {}
+        with self._read() as connection:
+            for name, query in queries.items():
+                rows = connection.execute(query).all()
+                rows.sort(key=lambda row: (-row[1], row[0]))
+                result[name] = [(value, int(count)) for value, count in rows[:limit]]
+        return result
+
     def _filtered(  # type: ignore[no-untyped-def]
         self, query: Any, agent, status, tag, since, until, text, task_id=None, outcome=None
     ) -> Any:
