@@ -28,6 +28,10 @@ class TemplateSet:
         )
         self._compile = lru_cache(maxsize=256)(self._env.from_string)
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Agents are pickled to other processes (Ray workers): rebuild from the sources there.
+        return (TemplateSet, (self.templates,))
+
     def render(self, source: str, **variables: Any) -> str:
         """Render template text (which may include the named templates) with `variables`."""
         if "{" not in source:

@@ -1,0 +1,77 @@
+"""The Ray backend on a local two-CPU Ray instance, writing into one PostgreSQL store.
+
+Skipped without PostgreSQL (run through scripts/with-postgres.sh, as `make test` does). Ray
+starts without its dashboard and without usage reports, so nothing leaves the machine.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tapeagents.batch import batch_tag, run_batch_sync
+from tapeagents.llms import RateLimit
+from tapeagents.store import TapeStore
+from tests.batch.agents import steps_agent
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def ray_cluster() -> Iterator[None]:
+    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+    ray = pytest.importorskip("ray")
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        logging_level="ERROR",
+        # workers import the test agents by module path, like a user's own package
+        runtime_env={"env_vars": {"PYTHONPATH": str(ROOT), "RAY_USAGE_STATS_ENABLED": "0"}},
+    )
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def test_ray_workers_share_one_store_and_a_dead_worker_is_replaced(
+    postgres_url: str, ray_cluster: None, tmp_path: Path
+) -> None:
+    marker = tmp_path / "died"
+    work = [{"id": f"t{i}", "message": f"task {i}"} for i in range(7)]
+    work.append({"id": "dies", "message": f"die {marker}"})  # kills its worker, the first time
+    agent = steps_agent(3)
+    with TapeStore(postgres_url) as store:
+        summary = run_batch_sync(
+            agent, work, store=store, backend="ray", concurrency=4, batch_id="ray", chunk_size=4
+        )
+        assert marker.exists(), "the worker was killed once"
+        # tapes the dead worker finished are reported as done before the retry of its chunk
+        assert set(summary.by_status()) == {"stopped"}
+        assert len(summary.ran) + summary.skipped == 8
+        stored = store.list(tag=batch_tag("ray"), limit=None)
+        assert len(stored) == 8 and {s.status for s in stored} == {"stopped"}
+        assert {s.task_id for s in stored} == {t["id"] for t in work}
+        died = store.get(next(s.id for s in stored if s.task_id == "dies"))
+        assert died.kinds() == ["user", "reasoning", "reasoning", "final_answer"]
+        again = run_batch_sync(agent, work, store=store, backend="ray", batch_id="ray")
+        assert again.skipped == 8
+
+
+def test_ray_needs_a_store_every_worker_can_open() -> None:
+    from tapeagents.errors import UsageError
+
+    pytest.importorskip("ray")
+
+    with TapeStore("sqlite:///:memory:") as store, pytest.raises(UsageError, match="PostgreSQL"):
+        run_batch_sync(steps_agent(2), [{"id": 1}], store=store, backend="ray")
+
+
+def test_rate_limits_are_split_between_workers() -> None:
+    limit = RateLimit(requests_per_minute=600, tokens_per_minute=60_000)
+    share = limit.share(4)
+    assert (share.requests_per_minute, share.tokens_per_minute) == (150, 15_000)
