@@ -16,12 +16,15 @@ from tapeagents.batch import batch_tag, run_batch_sync
 from tapeagents.llms import RateLimit
 from tapeagents.store import TapeStore
 from tests.batch.agents import steps_agent
+from tests.store.conftest import POSTGRES_URL
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
 def ray_cluster() -> Iterator[None]:
+    if not POSTGRES_URL and os.environ.get("TAPEAGENTS_REQUIRE_POSTGRES") != "1":
+        pytest.skip("no PostgreSQL for the Ray workers: run through scripts/with-postgres.sh")
     os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
     ray = pytest.importorskip("ray")
     ray.init(
