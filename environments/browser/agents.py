@@ -144,6 +144,10 @@ class ExpertNode(Node):
         if page.done:
             yield _finished(page)
             return
+        failed = _failure_since_last_turn(tape)
+        if failed is not None:  # the policy is deterministic: the same actions would fail again
+            yield FinalAnswer(answer=f"The expert policy gave up: {failed}")
+            return
         task = task_of(tape)
         policy = self.policies.get(task.task)
         if policy is None:
@@ -159,6 +163,16 @@ class ExpertNode(Node):
             return
         for action in actions:
             yield action
+
+
+def _failure_since_last_turn(tape: Tape[Any, Any]) -> str | None:
+    """The error of an observation after the agent's last step, if any."""
+    for step in reversed(tape.steps):
+        if not isinstance(step, PageObservation):
+            return None
+        if step.error:
+            return step.error
+    return None
 
 
 def expert_agent(

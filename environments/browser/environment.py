@@ -79,6 +79,7 @@ CHROMIUM_FLAGS: tuple[str, ...] = (
 _NO_NETWORK_SCHEMES = ("about", "data", "blob", "javascript")
 _OUR_REF = re.compile(r"^(?:f\d+)?e\d+$")
 _MAX_BLOCKED = 20
+_COVERED = re.compile(r"- (<.*?>.*?) intercepts pointer events")
 _SCROLL = "(sign) => window.scrollBy(0, sign * window.innerHeight * 0.8)"
 
 
@@ -194,14 +195,26 @@ class BrowserEnvironment(Environment):
         """Start Chromium now rather than on first use."""
         await self._ensure_browser()
 
-    async def _ensure_browser(self) -> Browser:
+    async def _ensure_browser(self, *, dead: Browser | None = None) -> Browser:
+        """The running browser; launched on first use, and again when it died.
+
+        Args:
+            dead: A browser the caller saw fail; it is replaced even if Playwright has not
+                noticed yet that it is gone.
+        """
         async with self._launch_lock:
-            if self._browser is not None and self._browser.is_connected():
-                return self._browser
-            if self._browser is not None:  # it died: forget it and everything in it
+            browser = self._browser
+            if browser is not None and browser.is_connected() and browser is not dead:
+                return browser
+            if browser is not None:  # it died: forget it and everything in it
                 self._sessions.clear()
                 self._forget_idle()
                 self.restarts += 1
+                self._browser = None
+                try:
+                    await browser.close()
+                except Exception:  # already gone
+                    pass
             if self._playwright is None:
                 try:
                     from playwright.async_api import async_playwright
@@ -258,19 +271,16 @@ class BrowserEnvironment(Environment):
         from playwright.async_api import Error as PlaywrightError
 
         browser = await self._ensure_browser()
+        options: dict[str, Any] = {
+            "accept_downloads": False,
+            "service_workers": "block",
+            "viewport": {"width": self.viewport[0], "height": self.viewport[1]},
+        }
         try:
-            context = await browser.new_context(
-                accept_downloads=False,
-                service_workers="block",
-                viewport={"width": self.viewport[0], "height": self.viewport[1]},
-            )
-        except PlaywrightError:  # died since the check: start it again once
-            browser = await self._ensure_browser()
-            context = await browser.new_context(
-                accept_downloads=False,
-                service_workers="block",
-                viewport={"width": self.viewport[0], "height": self.viewport[1]},
-            )
+            context = await browser.new_context(**options)
+        except PlaywrightError:  # it died before Playwright noticed: start it again, once
+            browser = await self._ensure_browser(dead=browser)
+            context = await browser.new_context(**options)
         context.set_default_timeout(self.action_timeout * 1000)
         context.set_default_navigation_timeout(self.navigation_timeout * 1000)
         page = await context.new_page()
@@ -360,7 +370,7 @@ class BrowserEnvironment(Environment):
             error = await self._perform(session, action)
             return await self._observation(session, tape, error=error)
         except (_BrowserGone, PlaywrightError) as gone:
-            if session is not None and self._alive(session):
+            if session is not None and self._alive(session) and not _looks_gone(gone):
                 raise  # a genuine Playwright failure, not a crash: observe() records it
             return await self._recover(tape, gone)
 
@@ -412,7 +422,7 @@ class BrowserEnvironment(Environment):
                 if locator is None:
                     return problem
             if isinstance(action, Click):
-                await locator.click()
+                await _click(locator)
             elif isinstance(action, Fill):
                 await locator.fill(action.text)
             elif isinstance(action, SelectOption):
@@ -432,9 +442,15 @@ class BrowserEnvironment(Environment):
                 return f"{type(self).__name__} cannot perform {action.kind!r} actions."
             await self._settle(page)
             return None
-        except PlaywrightTimeout:
+        except PlaywrightTimeout as timeout:
             if not self._alive(session):
                 raise _BrowserGone("The browser stopped during the action.") from None
+            covering = _COVERED.search(str(timeout))
+            if covering:
+                return (
+                    f"Could not {_verb(action)} {ref}: another element covers it "
+                    f"({covering.group(1)[:200]}). Try another element or scroll."
+                )
             what = f"element {ref}" if ref else "the page"
             return (
                 f"Timed out after {self.action_timeout:g} s waiting for {what} to be ready "
@@ -442,7 +458,7 @@ class BrowserEnvironment(Environment):
                 "from the latest page snapshot."
             )
         except PlaywrightError as error:
-            if not self._alive(session) or "crash" in str(error).lower():
+            if not self._alive(session) or _looks_gone(error):
                 raise _BrowserGone(_first_line(error)) from None
             return f"Could not {_verb(action)}: {_first_line(error)}"
 
@@ -525,6 +541,33 @@ class BrowserEnvironment(Environment):
         )
 
 
+_VISIBLE_POINT = """(el) => {
+  const box = el.getBoundingClientRect();
+  for (const fy of [0.5, 0.25, 0.75, 0.1, 0.9]) {
+    for (const fx of [0.5, 0.25, 0.75, 0.1, 0.9]) {
+      const hit = document.elementFromPoint(box.left + box.width * fx, box.top + box.height * fy);
+      if (hit && (hit === el || el.contains(hit))) {
+        return fx === 0.5 && fy === 0.5 ? null : {x: box.width * fx, y: box.height * fy};
+      }
+    }
+  }
+  return null;
+}"""
+
+
+async def _click(locator: Any) -> None:
+    """Click an element at its centre, or where it shows if another element covers the centre.
+
+    A person clicks the visible part of a partly covered button; Playwright's plain click only
+    tries the centre and waits for it to clear.
+    """
+    point = await locator.evaluate(_VISIBLE_POINT)
+    if point is None:
+        await locator.click()
+    else:
+        await locator.click(position=point)
+
+
 async def _select(locator: Any, option: str) -> str | None:
     """Choose an option by its label (or value); say which options exist if none matches."""
     options: list[list[str]] | None = await locator.evaluate(
@@ -544,6 +587,12 @@ async def _select(locator: Any, option: str) -> str | None:
 def _note_blocked(session: _Session, request: str) -> None:
     if request not in session.blocked and len(session.blocked) < _MAX_BLOCKED:
         session.blocked.append(request)
+
+
+def _looks_gone(error: Exception) -> bool:
+    """Whether a Playwright error says the page or the browser died (not the action failed)."""
+    text = str(error)
+    return isinstance(error, _BrowserGone) or "has been closed" in text or "crashed" in text
 
 
 def _first_line(error: Exception) -> str:
