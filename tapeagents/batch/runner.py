@@ -415,7 +415,7 @@ async def run_batch(
     except StoreError as error:
         raise StoreError(
             f"Batch {batch_id!r} stopped: {error} Finished tapes are stored; once the store "
-            f"works again, run the batch again with batch_id={batch_id!r} to resume it."
+            f"works again, run the batch again (batch id {batch_id!r}) to resume it."
         ) from None
     finally:
         await results.aclose()  # type: ignore[attr-defined]
@@ -439,12 +439,14 @@ def run_batch_sync(
     chunk_size: int | None = None,
     progress: bool = False,
     console: Console | None = None,
+    resume_hint: str | None = None,
 ) -> BatchSummary:
     """Blocking `run_batch`: run every task and return the `BatchSummary`.
 
     With `progress=True` a progress bar runs on `console` (default: stderr) and a summary
     table is printed at the end. Ctrl-C stops the batch with a consistent store, prints how to
-    resume and raises `KeyboardInterrupt`.
+    resume (`resume_hint`, by default: run again with the same batch id) and raises
+    `KeyboardInterrupt`.
 
     Example:
         >>> from tapeagents import Agent, LLMNode
@@ -464,6 +466,7 @@ def run_batch_sync(
             "`async for result in run_batch(...)` instead."
         )
     from rich.console import Console
+    from rich.markup import escape
 
     from tapeagents.batch.progress import BatchProgress, summary_table
 
@@ -502,10 +505,10 @@ def run_batch_sync(
             asyncio.run(drain(None))
     except KeyboardInterrupt:
         summary.interrupted = True
+        hint = resume_hint or f"Run the batch again with batch_id={batch_id!r} to resume it."
         console.print(
             f"[yellow]Interrupted:[/] {len(summary.results)} of {len(checked)} tasks done; the "
-            f"others are stored as they were. Run the batch again with batch_id={batch_id!r} "
-            "to resume it."
+            f"others are stored as they were. {escape(hint)}"
         )
         raise
     finally:

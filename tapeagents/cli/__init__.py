@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import typer
 
-from tapeagents.cli import db, run, studio, tapes
+from tapeagents.cli import batch, db, run, studio, tapes
 from tapeagents.cli.common import Group
 
 __all__ = ["app"]
@@ -23,6 +23,7 @@ app = typer.Typer(
 )
 app.add_typer(tapes.app)
 app.add_typer(run.app)
+app.add_typer(batch.app)
 app.add_typer(studio.app)
 app.add_typer(db.app, name="db", rich_help_panel="Database")
 

@@ -256,7 +256,7 @@ async def test_store_that_disappears_mid_batch_stops_the_batch(postgres_url: str
 
     agent = Agent("gone", nodes=steps_agent(3).nodes, llms=ScriptedLLM(drop_database_on_tenth_call))
     seen = []
-    with pytest.raises(StoreError, match="batch_id='gone-1' to resume") as info:
+    with pytest.raises(StoreError, match="again \\(batch id 'gone-1'\\) to resume") as info:
         async for result in run_batch(agent, tasks(20), store=store, batch_id="gone-1"):
             seen.append(result)
     assert "stopped" in str(info.value) and "Cannot" in str(info.value)
