@@ -24,6 +24,7 @@ __all__ = ["app"]
 app = typer.Typer()
 
 PANEL = "Runs"
+_SHOWN_FAILURES = 5
 
 
 def _environments(path: str) -> tuple[Environment | None, EnvFactory | None]:
@@ -104,6 +105,10 @@ def batch(
 
     if backend not in ("asyncio", "ray"):
         raise fail(f"--backend must be asyncio or ray, not {backend!r}.")
+    agent, env = load_agent(agent_path)
+    env_factory = None
+    if env_path is not None:
+        env, env_factory = _environments(env_path)
     found = read_tasks(tasks)
     console = err()
     for number, problem in found.problems:
@@ -112,10 +117,6 @@ def batch(
         )
     if not found.tasks:
         raise fail(f"{tasks} holds no usable task; each line must be a JSON object with an 'id'.")
-    agent, env = load_agent(agent_path)
-    env_factory = None
-    if env_path is not None:
-        env, env_factory = _environments(env_path)
     ids = [str(task["id"]) for task in found.tasks]
     batch_id = batch_id or default_batch_id(agent.name, ids)
     with open_store(db, create=True) as store:
@@ -147,6 +148,11 @@ def batch(
             console.print(f"[bold red]Error:[/] {escape(str(error))}")
             console.print(escape(hint))
             raise typer.Exit(2) from None
+    failures = [r for r in summary.ran if r.failed]
+    for result in failures[:_SHOWN_FAILURES]:
+        console.print(f"[red]Task {escape(result.task_id)} failed:[/] {escape(result.error or '')}")
+    if len(failures) > _SHOWN_FAILURES:
+        console.print(f"... and {len(failures) - _SHOWN_FAILURES} more failed tasks.")
     out().print(f"See the tapes with: tapeagents ls --tag batch:{escape(batch_id)}")
     if summary.failed or found.problems:
         raise typer.Exit(1)

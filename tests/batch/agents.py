@@ -92,3 +92,8 @@ def calc_agent() -> Agent:
         nodes=[LLMNode(steps=[FinalAnswer], tools=calc_env().tools)],
         llms=ScriptedLLM(_calc_answers),
     )
+
+
+def slow_agent() -> Agent:
+    """Two calls per task, 0.5 s each for "slow" messages: slow enough to interrupt."""
+    return Agent("slow", nodes=steps_agent(2).nodes, llms=SlowLLM(0.1))
