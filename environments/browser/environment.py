@@ -292,7 +292,11 @@ class BrowserEnvironment(Environment):
                 await route.continue_()
             else:
                 _note_blocked(session, f"{route.request.method} {url}")
-                await route.abort("blockedbyclient")
+                # an aborted navigation leaves the page as it was (no browser error page)
+                request = route.request
+                await route.abort(
+                    "aborted" if request.is_navigation_request() else "blockedbyclient"
+                )
 
         async def guard_socket(socket: WebSocketRoute) -> None:
             if self.is_allowed(socket.url):
@@ -312,10 +316,11 @@ class BrowserEnvironment(Environment):
         return session
 
     async def _open_session(self, tape: Tape[Any, Any]) -> _Session:
-        """The session a tape starts with: a new context showing `start_url`."""
+        """The session a tape starts with: a new context showing the tape's start page."""
         session = await self._new_session()
-        if self.start_url != "about:blank":
-            error = await self._goto(session, self.start_url)
+        url = _start_url(tape) or self.start_url
+        if url != "about:blank":
+            error = await self._goto(session, url)
             if error:
                 session.notices.append(f"Could not open the start page: {error}")
         return session
@@ -342,10 +347,13 @@ class BrowserEnvironment(Environment):
         Args:
             goal: The instruction for the agent; shown on the first observation.
             url: The page to open.
-            context: The tape's context (default: `{"goal": goal, "url": url}`).
+            context: The tape's context (default: `{"goal": goal, "url": url}`; a dict's "url"
+                is where the tab opens again if the browser has to be restarted).
         """
         url = url or self.start_url
-        tape: Tape[Any, Any] = Tape(context=context if context is not None else {"goal": goal})
+        if context is None:
+            context = {"goal": goal, "url": url}
+        tape: Tape[Any, Any] = Tape(context=context)
         session = await self._new_session()
         self._sessions[tape.id] = session
         error = await self._goto(session, url) if url != "about:blank" else None
@@ -582,6 +590,13 @@ async def _select(locator: Any, option: str) -> str | None:
             return None
     labels = ", ".join(repr(label) for label, _ in options[:30]) or "none"
     return f"No option {option!r} in this list; its options are: {labels}."
+
+
+def _start_url(tape: Tape[Any, Any]) -> str | None:
+    """The page a tape started on, from its context (a dict or a model with a `url`)."""
+    context = tape.context
+    url = context.get("url") if isinstance(context, dict) else getattr(context, "url", None)
+    return url if isinstance(url, str) else None
 
 
 def _note_blocked(session: _Session, request: str) -> None:

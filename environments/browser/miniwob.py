@@ -48,6 +48,7 @@ _NO_ANIMATIONS = "() => { if (window.jQuery) jQuery.fx.off = true; }"
 """jQuery UI animations (accordions, dialogs) only make an agent wait for elements to settle."""
 
 _START = """([seed, maxTime]) => {
+  if (document.activeElement) document.activeElement.blur();  // as on a freshly loaded page
   Math.seedrandom(seed);
   core.EPISODE_MAX_TIME = maxTime;
   core.startEpisodeReal();

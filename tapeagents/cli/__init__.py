@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import typer
 
-from tapeagents.cli import batch, db, run, studio, tapes
+from tapeagents.cli import batch, db, miniwob, run, studio, tapes
 from tapeagents.cli.common import Group
 
 __all__ = ["app"]
@@ -25,6 +25,7 @@ app.add_typer(tapes.app)
 app.add_typer(run.app)
 app.add_typer(batch.app)
 app.add_typer(studio.app)
+app.add_typer(miniwob.app)
 app.add_typer(db.app, name="db", rich_help_panel="Database")
 
 
