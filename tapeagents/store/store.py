@@ -24,6 +24,7 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy import text as sql_text
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -638,13 +639,13 @@ class TapeStore:
             query = query.where(tapes.c.created_at < until)
         if text:
             pattern = f"%{text}%"
-            in_blobs = select(blobs.c.hash).where(blobs.c.text.like(pattern)).limit(100)
-            with self._read() as connection:
-                hashes = connection.execute(in_blobs).scalars().all()
-            conditions = [steps.c.data.like(pattern)] + [
-                steps.c.data.like(f"%{h}%") for h in hashes
-            ]
-            query = query.where(tapes.c.id.in_(select(steps.c.tape_id).where(or_(*conditions))))
+            direct = select(steps.c.tape_id).where(steps.c.data.like(pattern))
+            in_blobs = (
+                sql_text(self._statements.steps_citing_blobs)
+                .bindparams(pattern=pattern, reference='%"$blob"%')
+                .columns(steps.c.tape_id)
+            )
+            query = query.where(or_(tapes.c.id.in_(direct), tapes.c.id.in_(in_blobs)))
         return query
 
     @staticmethod
@@ -1011,4 +1012,18 @@ class _Statements:
             update(tapes)
             .where(tapes.c.id == bindparam("tape"), tapes.c.length == bindparam("start"))
             .values(length=bindparam("end"), updated_at=bindparam("now"))
+        )
+        # Text search in long texts: the tapes with a step that references a blob matching
+        # :pattern. Each step's references are read once, so the cost grows with the steps,
+        # not with steps times matching blobs.
+        if dialect == "sqlite":
+            references = "json_tree(s.data) AS r", "r.key = '$blob' AND r.value"
+        else:
+            references = (
+                """regexp_matches(s.data, '"\\$blob":"([0-9a-f]{32})"', 'g') AS r(ref)""",
+                "r.ref[1]",
+            )
+        self.steps_citing_blobs = (
+            f"SELECT s.tape_id FROM steps AS s, {references[0]} WHERE s.data LIKE :reference "
+            f"AND {references[1]} IN (SELECT hash FROM blobs WHERE text LIKE :pattern)"
         )
