@@ -378,11 +378,15 @@ class TapeStore:
             if row is None:
                 raise self._missing(tape_id)
             tape_steps = self._read_steps(connection, tape_id, row.length)
+        return self._tape(row, tape_steps)
+
+    def _tape(self, row: Any, tape_steps: list[Step]) -> Tape[Any, Any]:
+        """A tape from its `tapes` row and its steps."""
         try:
             metadata = TapeMetadata.model_validate_json(row.metadata or "{}")
             context = json.loads(row.context) if row.context else None
         except ValueError as error:
-            raise StoreError(f"Tape {tape_id} has a corrupt header: {error}") from None
+            raise StoreError(f"Tape {row.id} has a corrupt header: {error}") from None
         tape: Tape[Any, Any] = Tape(
             id=row.id,
             parent_id=row.parent_id,
@@ -449,6 +453,12 @@ class TapeStore:
                 f"Tape {tape_id} should have {end - start} steps from {start} but the store has "
                 f"{len(rows)}: the database was changed outside tapeagents."
             )
+        return self._load_steps(connection, rows)
+
+    def _load_steps(
+        self, connection: Connection, rows: Sequence[tuple[str, int, str, str]]
+    ) -> list[Step]:
+        """Steps from `(tape id, index, kind, data)` rows, with their blob texts put back."""
         refs = {ref for *_, data in rows for ref in find_blob_refs(data)}
         texts = self._read_blobs(connection, refs)
         kinds = step_kinds()
@@ -907,10 +917,51 @@ class TapeStore:
                 count += 1
         return count
 
-    def iter_tapes(self, tape_ids: Iterable[str] | None = None) -> Iterator[Tape[Any, Any]]:
-        """Load tapes one by one (all of them by default)."""
-        for tape_id in tape_ids if tape_ids is not None else self._all_ids():
-            yield self.get(tape_id)
+    def iter_tapes(
+        self, tape_ids: Iterable[str] | None = None, *, batch_size: int = 200
+    ) -> Iterator[Tape[Any, Any]]:
+        """Load tapes in order (all of them by default), `batch_size` tapes per read.
+
+        Reading many tapes in one query costs a fraction of a `get` per tape: exporters and
+        evaluations read thousands of tapes a second this way.
+        """
+        ids = list(tape_ids) if tape_ids is not None else self._all_ids()
+        for start in range(0, len(ids), batch_size):
+            yield from self._get_many(ids[start : start + batch_size])
+
+    def _get_many(self, tape_ids: Sequence[str]) -> list[Tape[Any, Any]]:
+        """Several stored tapes, in the order asked; a fork's shared prefix is read as in `get`."""
+        wanted = list(dict.fromkeys(tape_ids))
+        with self._read() as connection:
+            rows = {
+                row.id: row
+                for row in connection.execute(select(tapes).where(tapes.c.id.in_(wanted)))
+            }
+            for tape_id in wanted:
+                if tape_id not in rows:
+                    raise self._missing(tape_id)
+            own = [i for i in wanted if rows[i].prefix_length == 0 and rows[i].length > 0]
+            by_tape: dict[str, list[Step]] = {i: [] for i in wanted}
+            if own:
+                step_rows = connection.execute(
+                    select(steps.c.tape_id, steps.c.idx, steps.c.kind, steps.c.data)
+                    .where(steps.c.tape_id.in_(own))
+                    .order_by(steps.c.tape_id, steps.c.idx)
+                ).all()
+                loaded = self._load_steps(connection, step_rows)  # type: ignore[arg-type]
+                for (tape_id, *_), step in zip(step_rows, loaded, strict=True):
+                    by_tape[tape_id].append(step)
+                for tape_id in own:
+                    if len(by_tape[tape_id]) != rows[tape_id].length:
+                        raise StoreError(
+                            f"Tape {tape_id} should have {rows[tape_id].length} steps but the "
+                            f"store has {len(by_tape[tape_id])}: the database was changed outside "
+                            "tapeagents."
+                        )
+            for tape_id in wanted:
+                if rows[tape_id].prefix_length > 0:  # a fork: read through its lineage
+                    by_tape[tape_id] = self._read_steps(connection, tape_id, rows[tape_id].length)
+        return [self._tape(rows[tape_id], list(by_tape[tape_id])) for tape_id in tape_ids]
 
     def _all_ids(self) -> list[str]:
         with self._read() as connection:
