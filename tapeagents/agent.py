@@ -342,17 +342,32 @@ class LLMNode(Node):
                     snapshots[stop] = list(messages)
         tools = self._prompt_tools()
         prompts = []
+        system: list[dict[str, Any]] | None = None
         for end in ends:
             if not 0 <= end <= len(tape.steps):
                 raise UsageError(f"No prefix of {end} steps: the tape has {len(tape.steps)}.")
-            prefix = tape.model_copy(update={"steps": tape.steps[:end]})
-            if end in snapshots:
-                history = self._system_messages(agent, prefix) + snapshots[end]
-                # Built from messages made here: no validation, and no copies of them.
-                prompts.append(Prompt.model_construct(messages=history, tools=tools))
-            else:
+            if end not in snapshots:
+                prefix = tape.model_copy(update={"steps": tape.steps[:end]})
                 prompts.append(self.make_prompt(agent, prefix))
+                continue
+            if system is None or not self._system_ignores_steps():
+                prefix = tape.model_copy(update={"steps": tape.steps[:end]})
+                rendered = self._system_messages(agent, prefix)
+                if rendered != system:  # an unchanged system message stays the same dict
+                    system = rendered
+            # Built from messages made here: no validation, and no copies of them.
+            prompts.append(Prompt.model_construct(messages=system + snapshots[end], tools=tools))
         return prompts
+
+    def _system_ignores_steps(self) -> bool:
+        """Whether the system prompt cannot depend on the tape's steps: its template never names
+        `tape` and includes no other template (it may still use `context` and `agent`)."""
+        source = self.system_prompt
+        if "{" not in source:
+            return True
+        if "tape" in source:
+            return False
+        return not any(word in source for word in ("include", "import", "extends", "from"))
 
     def _system_messages(self, agent: Agent, tape: Tape[Any, Any]) -> list[dict[str, Any]]:
         system = agent.templates.render(

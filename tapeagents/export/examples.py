@@ -278,7 +278,7 @@ def tape_examples(
         report.skip("outputs of tapes with problems", len(pending))
         return []
     task_id = tape.metadata.task_id
-    return [
+    examples = [
         TrainingExample(
             tape_id=tape.id,
             start=item.start,
@@ -289,10 +289,44 @@ def tape_examples(
             llm_call_id=item.llm_call_id,
             prompt=prompts[item.start],
             output=item.output,
+            split="train",
         )
         for item in pending
         if item.start in prompts
     ]
+    _share_json(examples)
+    return examples
+
+
+def _share_json(examples: Sequence[TrainingExample]) -> None:
+    """Serialize each message once per tape: the prompts of one node share their messages."""
+    cache: dict[int, str] = {}
+
+    def text(value: Any) -> str:
+        found = cache.get(id(value))  # the examples keep every value alive: ids stay unique
+        if found is None:
+            found = cache[id(value)] = _dumps(value)
+        return found
+
+    for example in examples:
+        example._parts = (
+            [text(message) for message in example.prompt.messages],
+            _tools_text(example.prompt.tools),
+            _dumps(example.output.as_message()),
+        )
+
+
+_TOOLS_TEXT: dict[int, tuple[Any, str]] = {}
+
+
+def _tools_text(tools: Any) -> str:
+    """JSON of a node's tool list: the same list for every tape, so it is kept across tapes."""
+    found = _TOOLS_TEXT.get(id(tools))
+    if found is None or found[0] is not tools:
+        if len(_TOOLS_TEXT) > 256:
+            _TOOLS_TEXT.clear()
+        found = _TOOLS_TEXT[id(tools)] = (tools, _dumps(tools))  # holding it keeps the id valid
+    return found[1]
 
 
 def _prompts(
@@ -340,7 +374,7 @@ def _answer(node: LLMNode, group: Sequence[Step]) -> tuple[LLMOutput, str | None
     except Exception as error:
         return empty, f"the inverse of node {node.name!r} failed: {_describe(error)}"
     parsed = node.parse(output)
-    ignore = {"call_id"} if node.mode == "json" else set()
+    ignore = {"call_id"} if node.mode == "json" else _NOTHING
     if len(parsed) != len(group) or any(
         a.kind != b.kind or _fields(a, ignore) != _fields(b, ignore)
         for a, b in zip(parsed, group, strict=False)
@@ -350,12 +384,23 @@ def _answer(node: LLMNode, group: Sequence[Step]) -> tuple[LLMOutput, str | None
             f"{output.raw_text()[:300]!r} gives {[s.kind for s in parsed]} "
             f"instead of {[s.kind for s in group]}"
         )
-    return LLMOutput(content=output.content, tool_calls=output.tool_calls), None
+    return output, None
+
+
+_NOTHING: set[str] = set()
 
 
 def _fields(step: Step, ignore: set[str]) -> dict[str, Any]:
-    data = step.llm_dict()
-    return {k: v for k, v in data.items() if k not in ignore} if ignore else data
+    """What the model writes of a step (as `llm_dict`, without serializing it)."""
+    names = _FIELD_NAMES.get(type(step))
+    if names is None:
+        names = _FIELD_NAMES[type(step)] = tuple(
+            name for name in type(step).__pydantic_fields__ if name not in ("kind", "metadata")
+        )
+    return {name: getattr(step, name) for name in names if name not in ignore}
+
+
+_FIELD_NAMES: dict[type[Step], tuple[str, ...]] = {}
 
 
 def _first_agent(steps: Sequence[Step]) -> str | None:
