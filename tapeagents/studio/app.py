@@ -202,10 +202,16 @@ def create_app(
             "since": _day(values["since"], "from", problems),
             "until": _day(values["until"], "to", problems, end_of_day=True),
         }
-        total = store.count(**filters)
+        wanted = max(1, _int(params.get("page"), 1))
+        summaries = store.list(**filters, limit=per, offset=(wanted - 1) * per)
+        if wanted == 1 and len(summaries) < per:
+            total = len(summaries)  # all of them fit on the page: no need to count
+        else:
+            total = store.count(**filters)
         pages = max(1, math.ceil(total / per))
-        current = min(max(1, _int(params.get("page"), 1)), pages)
-        summaries = store.list(**filters, limit=per, offset=(current - 1) * per)
+        current = min(wanted, pages)
+        if current != wanted:  # past the last page: show the last one
+            summaries = store.list(**filters, limit=per, offset=(current - 1) * per)
 
         def link(**changes: Any) -> str:
             merged = {**values, "per": per if per != 50 else "", **changes}
