@@ -120,6 +120,8 @@ class _Session:
     refs: RefMap = field(default_factory=RefMap)
     blocked: list[str] = field(default_factory=list)
     notices: list[str] = field(default_factory=list)
+    shown: bool = False
+    """Whether the agent has seen this page's references (in an observation of this session)."""
     task: str | None = None
     """For task environments: the task this page is loaded with."""
     goal: str | None = None
@@ -375,6 +377,11 @@ class BrowserEnvironment(Environment):
             refused = await self._refuse(session, tape, action)
             if refused is not None:
                 return refused
+            if not session.shown:
+                # a tape resumed (or replayed) in a new session: number the elements as the
+                # agent saw them, so its references point at the same elements
+                session.refs.rewrite(await session.page.aria_snapshot(mode="ai"))
+                session.shown = True
             error = await self._perform(session, action)
             return await self._observation(session, tape, error=error)
         except (_BrowserGone, PlaywrightError) as gone:
@@ -529,6 +536,7 @@ class BrowserEnvironment(Environment):
         fields = await self._task_fields(session, tape)
         raw = await page.aria_snapshot(mode="ai")
         snapshot = trim_snapshot(session.refs.rewrite(raw), self.max_snapshot_chars)
+        session.shown = True
         notices = [*session.notices, *([notice] if notice else [])]
         session.notices.clear()
         blocked, session.blocked = session.blocked, []

@@ -290,6 +290,7 @@ class MiniWoBEnvironment(BrowserEnvironment):
         session.goal = await page.evaluate("() => core.getUtterance()")
         session.done = False
         session.refs.clear()
+        session.shown = False
 
     def _give_back(self, session: _Session) -> None:
         if session.task is not None and self._alive(session):

@@ -6,6 +6,7 @@ Playwright and the browser environment are imported only when the command runs.
 from __future__ import annotations
 
 import asyncio
+import difflib
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -79,6 +80,11 @@ def miniwob(
     if not task:
         raise UsageError("Name a task with --task (see --list-tasks), or --task experts.")
     tasks = sorted(EXPERT_POLICIES) if task == ["experts"] else list(dict.fromkeys(task))
+    unknown = [name for name in tasks if name not in miniwob_tasks()]
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], miniwob_tasks(), n=3)
+        hint = f" Did you mean {', '.join(close)}?" if close else ""
+        raise UsageError(f"Unknown MiniWoB++ task {unknown[0]!r}.{hint} See --list-tasks.")
     if agent not in ("scripted", "llm"):
         raise UsageError(f"--agent must be 'scripted' or 'llm', not {agent!r}.")
     if mode not in ("tools", "json"):
