@@ -328,10 +328,9 @@ class LocalLLM(LLM):
             ends = [i for i, token in enumerate(answer_ids) if token in loaded.eos_token_ids]
             return prompt_ids, answer_ids[: ends[0] + 1] if ends else answer_ids
         (message,) = self._messages(loaded, [answer], None)  # tool calls as JSON text
-        answer_ids = list(
-            tokenizer(message["content"], add_special_tokens=False, sanitize_control_tokens=True)[
-                "input_ids"
-            ]
+        # Control tokens written in the answer (say "<|im_end|>") are text, not the end of turn.
+        answer_ids = tokenizer.encode(
+            message["content"], add_special_tokens=False, split_special_tokens=True
         )
         return prompt_ids, [*answer_ids, loaded.eos_token_ids[0]]
 
