@@ -21,6 +21,7 @@ import math
 import secrets
 import time
 from collections.abc import AsyncIterator, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
 from typing import Any
@@ -88,11 +89,13 @@ def create_app(
         A FastAPI application; serve it with uvicorn (`tapeagents studio` does).
     """
     runs = Runs(store, agents or {})
+    counter = ThreadPoolExecutor(max_workers=2, thread_name_prefix="studio-count")
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
         await runs.aclose()
+        counter.shutdown(wait=False, cancel_futures=True)
 
     app = FastAPI(
         title="tapeagents studio",
@@ -203,11 +206,13 @@ def create_app(
             "until": _day(values["until"], "to", problems, end_of_day=True),
         }
         wanted = max(1, _int(params.get("page"), 1))
+        # A text search reads every step; counting its results runs beside the listing
+        counting = counter.submit(store.count, **filters) if filters["text"] else None
         summaries = store.list(**filters, limit=per, offset=(wanted - 1) * per)
         if wanted == 1 and len(summaries) < per:
             total = len(summaries)  # all of them fit on the page: no need to count
         else:
-            total = store.count(**filters)
+            total = counting.result() if counting else store.count(**filters)
         pages = max(1, math.ceil(total / per))
         current = min(wanted, pages)
         if current != wanted:  # past the last page: show the last one
