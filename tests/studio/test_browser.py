@@ -185,7 +185,9 @@ def test_hostile_html_stays_text(studio: dict[str, Any], page: Any) -> None:
     assert_inert(page, dialogs)
 
     # the notebook view has no CSP to fall back on: its escaping alone must hold
+    page.goto("about:blank")  # a document without the studio's Content-Security-Policy
     page.set_content(tape_html(hostile, store.llm_calls_of(hostile)))
+    assert page.eval_on_selector(".ta", "e => getComputedStyle(e).fontSize") == "14px"  # inline CSS
     page.evaluate("document.querySelectorAll('details').forEach(d => { d.open = true; })")
     assert page.locator(".step").count() == len(hostile)
     assert_inert(page, dialogs)
