@@ -109,12 +109,19 @@ class Runs:
             raise UsageError(
                 f"An agent is already running on tape {tape_id[:8]}; wait for it to finish."
             )
-        agent, env = await asyncio.to_thread(load_agent, self.agents[agent_name])
-        tape = await asyncio.to_thread(self.store.get, tape_id)
+        previous = self._states.get(tape_id)
+        state = self._states[tape_id] = RunState(tape_id=tape_id, agent_name=agent_name)
+        try:  # the tape counts as taken while the agent loads: no second run can start
+            agent, env = await asyncio.to_thread(load_agent, self.agents[agent_name])
+            tape = await asyncio.to_thread(self.store.get, tape_id)
+        except BaseException:
+            if previous is None:
+                self._states.pop(tape_id, None)
+            else:
+                self._states[tape_id] = previous
+            raise
         if message:
             tape.append(UserMessage(content=message))
-        state = RunState(tape_id=tape_id, agent_name=agent_name)
-        self._states[tape_id] = state
         task = asyncio.create_task(self._drive(state, agent, env, tape, max_steps))
         self._tasks[tape_id] = task
         self._notify(tape_id)

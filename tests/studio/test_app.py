@@ -282,3 +282,20 @@ def test_a_token_is_needed_once_then_kept_in_a_cookie(store: TapeStore, tapes) -
     with TestClient(app, base_url="http://studio.lan:8765") as other:
         assert other.get("/", headers={"authorization": "Bearer s3cret"}).status_code == 200
         assert other.get("/static/studio.css").status_code == 401
+
+
+def test_one_run_at_a_time_and_live_events(client: TestClient, store, tapes) -> None:
+    tape = store.fork(tapes["calc"].id, 1)  # the question only
+    csrf = csrf_of(client)
+    form = {"agent": "slow", "csrf": csrf}
+    assert client.post(f"/tapes/{tape.id}/resume", data=form).status_code == 200
+    again = client.post(f"/tapes/{tape.id}/resume", data=form).text
+    assert "An agent is already running on tape" in again
+    assert 'id="live"' in again and "data-live-src" in again  # the page follows the run
+    with client.stream("GET", f"/tapes/{tape.id}/events", params={"from": 1}) as events:
+        text = "".join(events.iter_text())
+    steps = [json.loads(line[6:]) for line in text.split("\n") if line.startswith('data: {"index')]
+    assert [step["index"] for step in steps] == [1, 2, 3, 4]
+    assert 'data-kind="final_answer"' in steps[-1]["html"]
+    assert text.rstrip().endswith('"error": null}') and "event: end" in text
+    assert wait_until_done(store, tape.id) == "stopped"

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 
 from tapeagents import FinalAnswer, Reasoning, Tape, UserMessage
 from tapeagents.store import TapeStore
@@ -98,3 +100,13 @@ def test_tape_renders_itself_in_notebooks(tmp_path) -> None:
     assert f'src="{screenshot_url()}"' in html  # the screenshot is shown as an image
     assert "Find the cheapest direct flight" in html
     store.close()
+
+
+def test_the_notebook_view_needs_no_web_framework() -> None:
+    code = (
+        "import sys; from tapeagents import Tape, UserMessage; "
+        "Tape(steps=[UserMessage(content='hi')])._repr_html_(); "
+        "print([m for m in ('fastapi', 'starlette', 'uvicorn') if m in sys.modules])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
