@@ -125,7 +125,7 @@ def create_app(
             base=base(request),
             csrf=csrf,
             store_url=store.display_url,
-            agent_names=sorted(runs.agents),
+            agent_names=list(runs.agents),
             flash=flash,
             **context,
         )

@@ -141,8 +141,12 @@ def test_tape_view_screenshot(studio: dict[str, Any], page: Any) -> None:
     """The browsing tape with its first prompt open, saved for people to look at."""
     browse = studio["tapes"]["browse"]
     page.goto(f"{studio['url']}/tapes/{browse.id}")
-    page.click("#step-1 details.call > summary")
+    page.keyboard.press("j")  # keys walk the steps: j, j is step 1; o opens its prompt
+    page.keyboard.press("j")
+    assert page.url.endswith("#step-1")
+    page.keyboard.press("o")
     page.wait_for_selector("#step-1 details.call[data-ready]")
+    page.evaluate("window.scrollTo(0, 0)")
     assert page.eval_on_selector("#step-3 .images img", "img => img.naturalWidth") == 360
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "studio-tape.png"), full_page=True)

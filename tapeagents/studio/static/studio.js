@@ -103,7 +103,33 @@
     update();
   }
 
+  // j / k: next / previous step; o: open or close the prompt of the current step
+  function wireKeys() {
+    var steps = document.getElementById("steps");
+    if (!steps) return;
+    document.addEventListener("keydown", function (event) {
+      if (event.ctrlKey || event.metaKey || event.altKey) return;
+      var target = event.target;
+      if (target && /^(INPUT|TEXTAREA|SELECT)$/.test(target.tagName)) return;
+      var cards = steps.querySelectorAll(".step");
+      if (!cards.length) return;
+      var current = document.querySelector(".step:target");
+      var index = current ? Array.prototype.indexOf.call(cards, current) : -1;
+      if (event.key === "j" || event.key === "k") {
+        var next = event.key === "j" ? index + 1 : index - 1;
+        next = Math.max(0, Math.min(cards.length - 1, next));
+        location.hash = cards[next].id;
+        event.preventDefault();
+      } else if (event.key === "o" && current) {
+        var call = current.querySelector("details.call");
+        if (call) call.open = !call.open;
+        event.preventDefault();
+      }
+    });
+  }
+
   document.addEventListener("DOMContentLoaded", function () {
+    wireKeys();
     wireCalls(document);
     wireJsonCheck();
     wireCompare();
