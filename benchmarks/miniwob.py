@@ -43,24 +43,27 @@ PEER_PYTHON = ROOT / ".bench-venv" / "bin" / "python"
 async def measure(
     env: MiniWoBEnvironment, tasks: list[str], episodes: int, workers: int, store: TapeStore | None
 ) -> dict[str, float]:
-    """Run `episodes` seeds of every task with `workers` concurrent episodes."""
+    """Run `episodes` seeds of every task (one task after the other), `workers` at a time."""
     agent = expert_agent()
-    jobs = [(task, 1000 + seed) for task in tasks for seed in range(episodes)]
     times: list[float] = []
     rewards: list[float] = []
-    queue = list(reversed(jobs))
+    wall = 0.0
+    for task in tasks:
+        # warm: one loaded page per worker, as in a long evaluation (not timed)
+        await asyncio.gather(*(env.run_episode(agent, task, seed) for seed in range(workers)))
+        queue = list(range(1000 + episodes - 1, 999, -1))
 
-    async def worker() -> None:
-        while queue:
-            task, seed = queue.pop()
-            started = time.perf_counter()
-            tape = await env.run_episode(agent, task, seed, store=store)
-            times.append(time.perf_counter() - started)
-            rewards.append(tape.metadata.reward or 0.0)
+        async def worker(task: str, queue: list[int]) -> None:
+            while queue:
+                seed = queue.pop()
+                started = time.perf_counter()
+                tape = await env.run_episode(agent, task, seed, store=store)
+                times.append(time.perf_counter() - started)
+                rewards.append(tape.metadata.reward or 0.0)
 
-    started = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(workers)))
-    wall = time.perf_counter() - started
+        started = time.perf_counter()
+        await asyncio.gather(*(worker(task, queue) for _ in range(workers)))
+        wall += time.perf_counter() - started
     return {
         "episodes": len(times),
         "per_minute": len(times) / wall * 60,
@@ -83,10 +86,7 @@ async def reset_times(env: MiniWoBEnvironment, task: str, n: int) -> float:
 
 async def ours(tasks: list[str], episodes: int) -> None:
     async with MiniWoBEnvironment() as env:
-        for workers in (1, 4):  # warm pages: one per task and context
-            await asyncio.gather(
-                *(env.run_episode(expert_agent(), t, 0) for t in tasks for _ in range(workers))
-            )
+        await env.run_episode(expert_agent(), "click-button", 0)  # warm
         reset = await reset_times(env, "click-button", 30)
         print(f"\nin-place reset + first snapshot (click-button): {reset * 1000:.1f} ms (median)")
         print(f"\n{len(tasks)} expert tasks x {episodes} seeds")

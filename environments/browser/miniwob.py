@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import difflib
 import functools
+import importlib.metadata
 import importlib.util
+import sys
 import threading
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -64,10 +66,15 @@ def miniwob_html_dir() -> Path:
     Raises:
         UsageError: when the package is not installed.
     """
+    candidates: list[Path] = []
+    try:  # the installed distribution, even if a module of the same name shadows it
+        candidates.append(Path(str(importlib.metadata.distribution("miniwob").locate_file(""))))
+    except importlib.metadata.PackageNotFoundError:
+        pass
     spec = importlib.util.find_spec("miniwob")
-    locations = list(spec.submodule_search_locations or []) if spec else []
-    for location in locations:
-        html = Path(location) / "html"
+    candidates += [Path(p).parent for p in (spec.submodule_search_locations or [])] if spec else []
+    for root in candidates:
+        html = root / "miniwob" / "html"
         if (html / "miniwob").is_dir():
             return html
     raise UsageError(
@@ -95,6 +102,15 @@ class _QuietHandler(SimpleHTTPRequestHandler):
         pass  # one line per file on stderr would drown the user's output
 
 
+class _QuietServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
+        # a browser that closed its page mid-download is not an error worth a traceback
+
+
 class MiniWoBServer:
     """A threaded HTTP server for the task pages on 127.0.0.1, on a free port.
 
@@ -107,8 +123,7 @@ class MiniWoBServer:
     def __init__(self, html_dir: Path | None = None, *, host: str = "127.0.0.1") -> None:
         self.html_dir = html_dir or miniwob_html_dir()
         handler = functools.partial(_QuietHandler, directory=str(self.html_dir))
-        self._server = ThreadingHTTPServer((host, 0), handler)
-        self._server.daemon_threads = True
+        self._server = _QuietServer((host, 0), handler)
         self._thread: threading.Thread | None = None
 
     @property
@@ -180,6 +195,8 @@ class MiniWoBEnvironment(BrowserEnvironment):
         time_limit: Seconds an episode may last before MiniWoB scores it -1 ("timed out");
             None (the default) for no limit, so that slow models are not cut off.
         server: A running `MiniWoBServer` to use; by default the environment starts its own.
+        max_idle: How many idle task pages to keep open for the next episodes (the oldest
+            beyond that are closed).
         **options: `BrowserEnvironment` options (`screenshots`, `action_timeout`, ...).
 
     Example:
@@ -194,6 +211,7 @@ class MiniWoBEnvironment(BrowserEnvironment):
         *,
         time_limit: float | None = None,
         server: MiniWoBServer | None = None,
+        max_idle: int = 16,
         **options: Any,
     ) -> None:
         self._own_server = server is None
@@ -202,7 +220,9 @@ class MiniWoBEnvironment(BrowserEnvironment):
         allowed = [self.server.origin, *options.pop("allowed_origins", ())]
         super().__init__(allowed_origins=allowed, **options)
         self.time_limit = time_limit
+        self.max_idle = max_idle
         self._idle: dict[str, list[_Session]] = {}
+        self._idle_order: list[_Session] = []
 
     async def aclose(self) -> None:
         await super().aclose()
@@ -211,6 +231,7 @@ class MiniWoBEnvironment(BrowserEnvironment):
 
     def _forget_idle(self) -> None:
         self._idle.clear()
+        self._idle_order.clear()
 
     # --------------------------------------------------------------------- episodes
 
@@ -234,7 +255,7 @@ class MiniWoBEnvironment(BrowserEnvironment):
             tape.metadata.outcome = "failure"
             tape.metadata.extra["reason"] = "the agent stopped before the task was over"
         if session is not None:
-            self._give_back(session)
+            await self._give_back(session)
 
     async def run_episode(
         self,
@@ -268,6 +289,8 @@ class MiniWoBEnvironment(BrowserEnvironment):
         _check_task(task.task)
         idle = self._idle.get(task.task)
         session = idle.pop() if idle else None
+        if session is not None:
+            self._idle_order.remove(session)
         if session is None or not self._alive(session):
             session = await self._new_session()
             session.task = task.task
@@ -292,9 +315,18 @@ class MiniWoBEnvironment(BrowserEnvironment):
         session.refs.clear()
         session.shown = False
 
-    def _give_back(self, session: _Session) -> None:
-        if session.task is not None and self._alive(session):
-            self._idle.setdefault(session.task, []).append(session)
+    async def _give_back(self, session: _Session) -> None:
+        """Pool the page for the next episode of its task; close the oldest beyond `max_idle`."""
+        if session.task is None or not self._alive(session):
+            return
+        self._idle.setdefault(session.task, []).append(session)
+        self._idle_order.append(session)
+        while len(self._idle_order) > self.max_idle:
+            oldest = self._idle_order.pop(0)
+            pool = self._idle.get(oldest.task or "", [])
+            if oldest in pool:
+                pool.remove(oldest)
+            await self._release(oldest)
 
     async def react(self, action: Action, tape: Tape[Any, Any]) -> Observation:
         if (
@@ -336,5 +368,5 @@ class MiniWoBEnvironment(BrowserEnvironment):
         observation = await super()._observation(session, tape, **kwargs)
         if session.done and self._sessions.get(tape.id) is session:
             del self._sessions[tape.id]
-            self._give_back(session)
+            await self._give_back(session)
         return observation

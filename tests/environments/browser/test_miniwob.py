@@ -137,3 +137,15 @@ async def test_an_unfinished_episode_is_scored_as_a_failure(miniwob: MiniWoBEnvi
 async def test_unknown_tasks_are_named_with_suggestions(miniwob: MiniWoBEnvironment) -> None:
     with pytest.raises(UsageError, match="Did you mean click-button"):
         await miniwob.start_episode("click-buton")
+
+
+async def test_idle_pages_beyond_the_limit_are_closed(miniwob: MiniWoBEnvironment) -> None:
+    miniwob.max_idle = 1
+    try:
+        for task in ("click-test", "focus-text", "click-button"):
+            await miniwob.run_episode(expert_agent(), task, seed=0)
+        assert miniwob.browser is not None and len(miniwob.browser.contexts) == 1
+        tape = await miniwob.run_episode(expert_agent(), "click-test", seed=1)
+        assert tape.metadata.reward == 1.0  # its page was closed: a new one is loaded
+    finally:
+        miniwob.max_idle = 16
