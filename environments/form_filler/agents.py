@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from tapeagents.agent import Agent, LLMNode, NodeOutput
@@ -170,6 +170,13 @@ class CompactNode(LLMNode):
 
     def make_prompt(self, agent: Agent, tape: Tape[Any, Any]) -> Prompt:
         return Prompt(messages=compact_messages(tape))
+
+    def make_prompts(self, agent: Agent, tape: Tape[Any, Any], ends: Sequence[int]) -> list[Prompt]:
+        return [self.make_prompt(agent, _prefix(tape, end)) for end in ends]
+
+
+def _prefix(tape: Tape[Any, Any], end: int) -> Tape[Any, Any]:
+    return tape.model_copy(update={"steps": tape.steps[:end]})
 
 
 def student_agent(llm: LLM | str = "local") -> Agent:
@@ -361,6 +368,9 @@ class _TeacherNode(LLMNode):
         if messages and messages[0]["role"] == "system":
             messages[0] = {**messages[0], "content": f"{messages[0]['content']}\n\n{state}"}
         return prompt.model_copy(update={"messages": messages})
+
+    def make_prompts(self, agent: Agent, tape: Tape[Any, Any], ends: Sequence[int]) -> list[Prompt]:
+        return [self.make_prompt(agent, _prefix(tape, end)) for end in ends]
 
 
 def teacher_agent(llm: LLM | str) -> Agent:

@@ -1,0 +1,1 @@
+"""Tests of the form-filling environment, user simulator, scoring and agents."""
