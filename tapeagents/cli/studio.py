@@ -91,4 +91,7 @@ def studio(
             f"over {store.display_url} (Ctrl-C to stop)",
             soft_wrap=True,
         )
-        uvicorn.run(application, host=host, port=port, log_level="warning")
+        # open pages follow running tapes with never-ending event streams: don't wait for them
+        uvicorn.run(
+            application, host=host, port=port, log_level="warning", timeout_graceful_shutdown=2
+        )

@@ -32,6 +32,7 @@ def live_studio(
         port=port,
         log_level="warning",
         lifespan="on",
+        timeout_graceful_shutdown=2,
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="studio", daemon=True)

@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -56,10 +57,21 @@ def test_reports_a_broken_agent_before_serving(tmp_path: Path) -> None:
     assert result.exit_code == 2 and "No tape store at" in result.output
 
 
+def follow(url: str, tape_id: str) -> None:
+    try:
+        with httpx.stream("GET", f"{url}/tapes/{tape_id}/events", timeout=30) as events:
+            for _ in events.iter_text():
+                pass
+    except httpx.HTTPError:
+        pass
+
+
 def test_serves_the_store_until_interrupted(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'tapes.db'}"
     with TapeStore(url) as store:
         tape = calc_tape(store)
+        stuck = store.fork(tape, 1)
+        store.set_status(stuck.id, "running")  # as if its process had been killed
     port = free_port()
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     env.pop("TAPEAGENTS_STUDIO_TOKEN", None)
@@ -80,8 +92,18 @@ def test_serves_the_store_until_interrupted(tmp_path: Path) -> None:
                 time.sleep(0.1)
         assert page.status_code == 200 and tape.id in page.text
         assert '<option value="calc"' in httpx.get(f"http://127.0.0.1:{port}/tapes/{tape.id}").text
+        # a page that follows a running tape keeps an event stream open...
+        follower = threading.Thread(target=follow, args=(f"http://127.0.0.1:{port}", stuck.id))
+        follower.start()
+        time.sleep(0.5)
     finally:
+        # ...which does not keep Ctrl-C from stopping the studio
         process.send_signal(signal.SIGINT)
-        output, _ = process.communicate(timeout=15)
+        try:
+            output, _ = process.communicate(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.communicate()
+            raise
     assert process.returncode == 0, output
     assert f"http://127.0.0.1:{port}/" in output and "agent calc" in output
