@@ -47,6 +47,7 @@ async def measure(
     agent = expert_agent()
     times: list[float] = []
     rewards: list[float] = []
+    by_task: dict[str, list[float]] = {}
     wall = 0.0
     for task in tasks:
         # warm: one loaded page per worker, as in a long evaluation (not timed)
@@ -59,6 +60,7 @@ async def measure(
                 started = time.perf_counter()
                 tape = await env.run_episode(agent, task, seed, store=store)
                 times.append(time.perf_counter() - started)
+                by_task.setdefault(task, []).append(times[-1])
                 rewards.append(tape.metadata.reward or 0.0)
 
         started = time.perf_counter()
@@ -70,6 +72,7 @@ async def measure(
         "median_ms": statistics.median(times) * 1000,
         "p90_ms": statistics.quantiles(times, n=10)[-1] * 1000,
         "success": sum(r >= 1.0 for r in rewards) / len(rewards),
+        **{f"{task}_ms": statistics.median(t) * 1000 for task, t in by_task.items()},
     }
 
 
@@ -84,7 +87,8 @@ async def reset_times(env: MiniWoBEnvironment, task: str, n: int) -> float:
     return statistics.median(times[1:])
 
 
-async def ours(tasks: list[str], episodes: int) -> None:
+async def ours(tasks: list[str], episodes: int) -> float:
+    """Print our figures; return the median click-test episode in ms (to compare with peers)."""
     async with MiniWoBEnvironment() as env:
         await env.run_episode(expert_agent(), "click-button", 0)  # warm
         reset = await reset_times(env, "click-button", 30)
@@ -106,9 +110,13 @@ async def ours(tasks: list[str], episodes: int) -> None:
                     f"{label:38s} {result['per_minute']:8.0f} {result['median_ms']:7.0f} ms "
                     f"{result['p90_ms']:7.0f} ms {result['success']:9.0%}"
                 )
+                if workers == 1 and not durable:
+                    click_test = result["click-test_ms"]
+        print(f"\nclick-test alone (1 context, no store): {click_test:.0f} ms median episode")
+    return click_test
 
 
-def peers(resets: int) -> None:
+def peers(resets: int, click_test_ms: float) -> None:
     if not PEER_PYTHON.exists():
         print("\nBrowserGym: skipped (no .bench-venv; see docs/benchmarks.md)")
         return
@@ -126,6 +134,8 @@ def peers(resets: int) -> None:
         f"episode (reset + one click) {result['episode_ms']:.0f} ms, "
         f"reward 1 on {result['success']:.0%}"
     )
+    ratio = result["episode_ms"] / click_test_ms
+    print(f"BrowserGym click-test episode / ours: {ratio:.0f}x")
 
 
 def main() -> None:
@@ -135,9 +145,9 @@ def main() -> None:
     parser.add_argument("--peer-resets", type=int, default=10, help="BrowserGym episodes")
     args = parser.parse_args()
     print(f"Python {sys.version.split()[0]}, {os.cpu_count()} CPUs")
-    asyncio.run(ours(sorted(EXPERT_POLICIES), args.episodes))
+    click_test_ms = asyncio.run(ours(sorted(EXPERT_POLICIES), args.episodes))
     if not args.no_peers:
-        peers(args.peer_resets)
+        peers(args.peer_resets, click_test_ms)
 
 
 if __name__ == "__main__":
