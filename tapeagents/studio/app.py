@@ -171,7 +171,7 @@ def create_app(
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, error: HTTPException) -> Response:
         if request.query_params.get("fragment") or request.url.path.endswith("/events"):
-            return Response(str(error.detail), status_code=error.status_code)
+            return Response(str(error.detail), error.status_code, media_type="text/plain")
         return page(
             request,
             "error.html",
@@ -265,6 +265,7 @@ def create_app(
             lineage=_lineage(store, full),
             parent=_maybe_summary(store, summary.parent_id),
             live=live,
+            ours=runs.active(full),
             run_state=state,
             duration=_duration(tape),
         )

@@ -299,3 +299,17 @@ def test_one_run_at_a_time_and_live_events(client: TestClient, store, tapes) -> 
     assert 'data-kind="final_answer"' in steps[-1]["html"]
     assert text.rstrip().endswith('"error": null}') and "event: end" in text
     assert wait_until_done(store, tape.id) == "stopped"
+
+
+def test_a_tape_left_running_by_another_process_can_be_followed_and_resumed(
+    client: TestClient, store: TapeStore, tapes
+) -> None:
+    tape = store.fork(tapes["calc"].id, 1)
+    store.set_status(tape.id, "running")  # its process was killed
+    page = client.get(f"/tapes/{tape.id}").text
+    assert "data-live-src" in page and "marked running by another process" in page
+    assert "Resume this tape</button>" in page and "disabled>Resume" not in page
+    form = {"agent": "calc", "csrf": csrf_of(client)}
+    client.post(f"/tapes/{tape.id}/resume", data=form)
+    assert wait_until_done(store, tape.id) == "stopped"
+    assert store.get(tape.id)[-1].answer == "5"
