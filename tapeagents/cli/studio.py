@@ -49,6 +49,7 @@ def studio(
         list[str] | None,
         typer.Option(
             "--agent",
+            envvar="TAPEAGENTS_STUDIO_AGENTS",
             metavar="NAME=MODULE:ATTR",
             help="An agent tapes can be resumed with (repeat for several): an Agent, or a "
             "function with no arguments returning one or (agent, env).",

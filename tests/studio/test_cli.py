@@ -24,10 +24,13 @@ from tests.studio.server import free_port
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def invoke(*args: str):  # type: ignore[no-untyped-def]
-    return CliRunner(env={"TAPEAGENTS_DB": None, "TAPEAGENTS_STUDIO_TOKEN": None}).invoke(
-        app, list(args)
-    )
+def invoke(*args: str, **env: str):  # type: ignore[no-untyped-def]
+    clean = {
+        "TAPEAGENTS_DB": None,
+        "TAPEAGENTS_STUDIO_TOKEN": None,
+        "TAPEAGENTS_STUDIO_AGENTS": None,
+    }
+    return CliRunner(env={**clean, **env}).invoke(app, list(args))
 
 
 def test_agents_are_named_by_import_path() -> None:
@@ -53,6 +56,9 @@ def test_reports_a_broken_agent_before_serving(tmp_path: Path) -> None:
         "studio", "--db", str(tmp_path / "t.db"), "--agent", "x=tests.studio.agents:broken"
     )
     assert result.exit_code == 2 and "this agent cannot be built" in result.output
+    configured = {"TAPEAGENTS_STUDIO_AGENTS": "calc=tests.studio.agents:calculator x=nowhere:y"}
+    result = invoke("studio", "--db", str(tmp_path / "t.db"), **configured)
+    assert result.exit_code == 2 and "module 'nowhere' not found" in result.output
     result = invoke("studio", "--db", str(tmp_path / "missing.db"))
     assert result.exit_code == 2 and "No tape store at" in result.output
 
