@@ -52,6 +52,7 @@ __all__ = [
     "step_family",
     "step_views",
     "tape_html",
+    "tape_totals",
 ]
 
 HERE = Path(__file__).parent
