@@ -10,6 +10,8 @@ from __future__ import annotations
 import typer
 
 from tapeagents.cli import batch, db, miniwob, run, studio, tapes
+from tapeagents.cli import export as export_command
+from tapeagents.cli import finetune as finetune_command
 from tapeagents.cli.common import Group
 
 __all__ = ["app"]
@@ -22,6 +24,8 @@ app = typer.Typer(
     add_completion=False,
 )
 app.add_typer(tapes.app)
+app.add_typer(export_command.app)
+app.add_typer(finetune_command.app)
 app.add_typer(run.app)
 app.add_typer(batch.app)
 app.add_typer(studio.app)

@@ -1,4 +1,4 @@
-"""Commands on stored tapes: ls, show, fork, rm, export, import."""
+"""Commands on stored tapes: ls, show, fork, rm, import (`export` is in `cli.export`)."""
 
 from __future__ import annotations
 
@@ -166,28 +166,6 @@ def remove(
     out().print(f"Deleted {deleted} tape{'' if deleted == 1 else 's'}.")
 
 
-@app.command("export", rich_help_panel=PANEL)
-def export(
-    out_path: Annotated[
-        Path,
-        typer.Option("--out", "-o", dir_okay=False, help="The JSONL file to write."),
-    ],
-    tape_ids: Annotated[
-        list[str] | None,
-        typer.Argument(metavar="[ID]...", help="Tape ids or prefixes (default: all tapes)."),
-    ] = None,
-    db: DbOption = None,
-) -> None:
-    """Write tapes and their LLM calls to a JSONL file, one tape a line."""
-    with open_store(db) as store:
-        ids = [store.resolve_id(i) for i in tape_ids] if tape_ids else None
-        try:
-            count = store.export_jsonl(out_path, ids)
-        except OSError as error:
-            raise UsageError(f"Cannot write {out_path}: {error.strerror or error}.") from None
-    out().print(f"Exported {count} tape{'' if count == 1 else 's'} to {out_path}.")
-
-
 @app.command("import", rich_help_panel=PANEL)
 def import_(
     path: Annotated[
@@ -197,7 +175,7 @@ def import_(
             exists=True,
             dir_okay=False,
             readable=True,
-            help="A file written by `tapeagents export`.",
+            help="A file written by `tapeagents export` (--format tapes).",
         ),
     ],
     db: DbOption = None,

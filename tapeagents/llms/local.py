@@ -22,6 +22,7 @@ import os
 import shutil
 import tempfile
 import threading
+import warnings
 import weakref
 from collections.abc import AsyncIterator, Callable
 from contextlib import nullcontext
@@ -402,7 +403,11 @@ class LocalLLM(LLM):
                 raise UsageError(f"Cannot load the local model from {path}: {error}") from error
         model.to(device)
         if peft_model is not None and self.adapter is not None:
-            model = peft_model.from_pretrained(model, str(Path(self.adapter).expanduser()))
+            with warnings.catch_warnings():  # peft reads a property transformers deprecated
+                warnings.filterwarnings(
+                    "ignore", ".*is_gradient_checkpointing.* is deprecated", FutureWarning
+                )
+                model = peft_model.from_pretrained(model, str(Path(self.adapter).expanduser()))
         model.eval()
         loaded = _describe_loaded(
             model, tokenizer, model.config, model.generation_config, device=device, path=path
