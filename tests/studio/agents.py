@@ -65,8 +65,8 @@ def calculator() -> tuple[Agent, ToolEnvironment]:
 
 
 def slow_calculator() -> tuple[Agent, ToolEnvironment]:
-    """The calculator with a model that takes half a second per answer."""
-    return make_calculator(0.5)
+    """The calculator with a model that takes 0.8 s per answer."""
+    return make_calculator(0.8)
 
 
 def broken() -> Agent:

@@ -142,8 +142,9 @@ def test_tape_view_screenshot(studio: dict[str, Any], page: Any) -> None:
     browse = studio["tapes"]["browse"]
     page.goto(f"{studio['url']}/tapes/{browse.id}")
     page.keyboard.press("j")  # keys walk the steps: j, j is step 1; o opens its prompt
+    page.wait_for_function("location.hash === '#step-0'")
     page.keyboard.press("j")
-    assert page.url.endswith("#step-1")
+    page.wait_for_function("location.hash === '#step-1'")
     page.keyboard.press("o")
     page.wait_for_selector("#step-1 details.call[data-ready]")
     page.evaluate("window.scrollTo(0, 0)")

@@ -113,14 +113,14 @@
       if (target && /^(INPUT|TEXTAREA|SELECT)$/.test(target.tagName)) return;
       var cards = steps.querySelectorAll(".step");
       if (!cards.length) return;
-      var current = document.querySelector(".step:target");
+      var current = location.hash ? document.getElementById(location.hash.slice(1)) : null;
       var index = current ? Array.prototype.indexOf.call(cards, current) : -1;
       if (event.key === "j" || event.key === "k") {
         var next = event.key === "j" ? index + 1 : index - 1;
         next = Math.max(0, Math.min(cards.length - 1, next));
-        location.hash = cards[next].id;
+        location.hash = "#" + cards[next].id;
         event.preventDefault();
-      } else if (event.key === "o" && current) {
+      } else if (event.key === "o" && index >= 0) {
         var call = current.querySelector("details.call");
         if (call) call.open = !call.open;
         event.preventDefault();
