@@ -60,8 +60,12 @@
         end.hidden = false;
         end.className = "run-end flash " + (data.error ? "flash-error" : "flash-ok");
         end.textContent = data.error
-          ? "The run ended with an error: " + data.error
-          : "The run finished: " + data.status + ".";
+          ? "The run ended with an error: " + data.error + " "
+          : "The run finished: " + data.status + ". ";
+        var reload = document.createElement("a");
+        reload.href = location.pathname;
+        reload.textContent = "Reload for the totals and lineage";
+        end.appendChild(reload);
       }
       document.querySelectorAll("#resume button[type=submit]").forEach(function (b) {
         b.disabled = false;
