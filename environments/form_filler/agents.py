@@ -81,9 +81,9 @@ NO_FORM_ANSWER = "Sorry, there is no form for that request."
 
 # ----------------------------------------------------------------------------- compact prompt
 
-_ACTIONS_LINE = (
-    "find_form(query) open_form(name) ask_user(field, question) set_field(field, value) "
-    "skip_field(field) confirm_form() submit_form() final_answer(answer)"
+_INSTRUCTION = (
+    "Fill in a form with the user. Reply with one JSON action: find_form, open_form, ask_user, "
+    "set_field, skip_field, confirm_form, submit_form or final_answer."
 )
 
 
@@ -95,13 +95,12 @@ def _show(value: Any) -> str:
 
 def compact_state(state: FormState) -> str:
     """The system message of the compact prompt: the task, the actions, the form's state."""
-    lines = ["Help the user fill in a form. Answer with one JSON action:", _ACTIONS_LINE]
+    lines = [_INSTRUCTION]
     if state.form is None:
         lines.append("Form: none")
     else:
         lines.append(f"Form: {state.form.name}")
-        filled = "; ".join(f"{name}={_show(value)}" for name, value in state.values.items())
-        lines.append(f"Filled: {filled or 'nothing'}")
+        lines.append(f"Filled: {', '.join(state.values) or 'nothing'}")
         left = []
         for name in state.remaining:
             spec = state.form.field(name)
@@ -179,9 +178,13 @@ def _prefix(tape: Tape[Any, Any], end: int) -> Tape[Any, Any]:
     return tape.model_copy(update={"steps": tape.steps[:end]})
 
 
-def student_agent(llm: LLM | str = "local") -> Agent:
-    """The compact student: one `CompactNode` on `llm` (default: the local SmolLM2-135M)."""
-    return Agent("student", nodes=[CompactNode("act")], llms=llm)
+def student_agent(llm: LLM | str = "local", *, name: str = "student") -> Agent:
+    """The compact student: one `CompactNode` on `llm` (default: the local SmolLM2-135M).
+
+    Give two students (say, the base model and a fine-tuned one) different names to tell
+    their tapes apart in a store.
+    """
+    return Agent(name, nodes=[CompactNode("act")], llms=llm)
 
 
 # ----------------------------------------------------------------------------- expert

@@ -100,6 +100,7 @@ async def run_dialogue(
     store: TapeStore | None = None,
     max_turns: int = 30,
     max_steps_per_turn: int = 12,
+    tags: Sequence[str] = (),
 ) -> Dialogue:
     """Let `agent` help the simulated user reach `goal`; return the scored dialogue.
 
@@ -111,13 +112,14 @@ async def run_dialogue(
         store: Persist the assistant's tape (as it grows) and its score.
         max_turns: Most user messages before the dialogue is cut off.
         max_steps_per_turn: Most assistant steps between two user messages.
+        tags: Tags for the assistant's tape (it always has "form_filler").
     """
     user = user or scripted_user()
     env = env or FormFillerEnvironment.for_company(goal.company)
     company = get_company(goal.company)
     tape: Tape[Any, Any] = Tape(
         context={"company": company.id, "company_name": company.name},
-        metadata=TapeMetadata(task_id=goal.id, tags=["form_filler"]),
+        metadata=TapeMetadata(task_id=goal.id, tags=["form_filler", *tags]),
         author=agent.name,
     )
     user_tape: Tape[Any, Any] = Tape(
@@ -171,7 +173,7 @@ async def evaluate(
         store: Persist every assistant tape.
         concurrency: Dialogues run at once (local models take turns anyway).
         on_dialogue: Called with each dialogue as it finishes (progress reports).
-        **options: Passed to `run_dialogue` (`max_turns`, `max_steps_per_turn`).
+        **options: Passed to `run_dialogue` (`max_turns`, `max_steps_per_turn`, `tags`).
     """
     gate = asyncio.Semaphore(max(1, concurrency))
 

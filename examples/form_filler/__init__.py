@@ -1,0 +1,1 @@
+"""The form-filling case study (see README.md beside this file)."""

@@ -1,0 +1,317 @@
+"""The form-filling case study: teach a 135M student with a teacher's tapes, then measure it.
+
+1. The teacher (the scripted expert, or an LLM teacher with `--teacher litellm:<model>`) helps
+   simulated users fill in the *train* companies' forms; every tape is stored and scored.
+2. The successful tapes are exported as training examples re-rendered for the student: the
+   student's compact prompt for each tape prefix, and the teacher's action as the answer.
+3. The local SmolLM2-135M-Instruct is LoRA fine-tuned on them (CPU is enough).
+4. The teacher, the base student and the fine-tuned student help simulated users on the
+   *test* companies' forms, which no training tape contains; the table compares them.
+
+Run `python -m examples.form_filler --help` for the options; `--tiny` checks the pipeline in a
+minute. Everything goes under `--out` (default `runs/form_filler`): the tape store, the
+exported examples, the adapter, and `results.json`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field
+from tapeagents.environments.form_filler import (
+    BEHAVIOURS,
+    Dialogue,
+    UserGoal,
+    evaluate,
+    expert_agent,
+    make_goals,
+    student_agent,
+    summarize,
+    teacher_agent,
+)
+
+from tapeagents.agent import Agent
+from tapeagents.export import ExportReport, Selection, training_examples, write_chat_jsonl
+from tapeagents.llms import LLM
+from tapeagents.store import TapeStore
+
+__all__ = ["CaseStudyConfig", "CaseStudyResult", "main", "run_case_study"]
+
+
+class CaseStudyConfig(BaseModel):
+    """What to run; the defaults are the full case study reported in docs/form-filler.md."""
+
+    out: Path = Path("runs/form_filler")
+    teacher: str = "expert"
+    """"expert" (scripted, offline), or a model string for the LLM teacher."""
+    behaviours: list[str] = Field(default_factory=lambda: list(BEHAVIOURS))
+    train_seeds: list[int] = Field(default_factory=lambda: [0, 1])
+    """One train dialogue per train form, behaviour and seed."""
+    test_seeds: list[int] = Field(default_factory=lambda: [0])
+    max_train_dialogues: int | None = None
+    max_test_dialogues: int | None = None
+    student_model: str = "smollm2-135m"
+    max_steps: int | None = None
+    """Optimizer steps (default: `epochs` over the examples)."""
+    epochs: float = 2.0
+    batch_size: int = 8
+    learning_rate: float = 1e-3
+    lora_r: int = 16
+    lora_alpha: int = 32
+    validation: float = 0.05
+    max_new_tokens: int = 128
+    max_turns: int = 30
+    """Most user messages in a test dialogue."""
+    evaluate_base: bool = True
+    seed: int = 0
+
+
+class CaseStudyResult(BaseModel):
+    """The figures of a case-study run (also written to `out/results.json`)."""
+
+    config: CaseStudyConfig
+    train_dialogues: int
+    teacher_train_correct: int
+    export: dict[str, Any]
+    finetune: dict[str, Any]
+    test: dict[str, dict[str, Any]]
+    """Summary of each subject on the test goals: "teacher", "base student", "fine-tuned"."""
+    ratio: float | None
+    """Fine-tuned student's correct completions over the teacher's."""
+    seconds: dict[str, float]
+
+    def table(self) -> str:
+        """The comparison as a Markdown table."""
+        rows = [
+            "| assistant | correct | completed | field accuracy | turns | "
+            "validation errors | unanswered questions | agent errors |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for name, s in self.test.items():
+            rows.append(
+                f"| {name} | {s['correct']}/{s['dialogues']} ({s['correct_rate']:.0%}) | "
+                f"{s['completed_rate']:.0%} | {s['field_accuracy']:.2f} | {s['mean_turns']:.1f} | "
+                f"{s['validation_errors']} | {s['unanswered_questions']}/{s['questions']} | "
+                f"{s['agent_errors']} |"
+            )
+        if self.ratio is not None:
+            rows.append("")
+            rows.append(f"Fine-tuned student / teacher (correct completions): {self.ratio:.0%}")
+        return "\n".join(rows)
+
+
+def _teacher(config: CaseStudyConfig) -> Agent:
+    if config.teacher == "expert":
+        return expert_agent()
+    return teacher_agent(config.teacher)
+
+
+def _progress(label: str, total: int) -> Any:
+    done = 0
+
+    def report(dialogue: Dialogue) -> None:
+        nonlocal done
+        done += 1
+        score = dialogue.score
+        print(
+            f"[{label}] {done}/{total} {score.task_id}: {score.outcome} "
+            f"({score.turns} turns, {score.agent_errors} agent errors)",
+            flush=True,
+        )
+
+    return report
+
+
+async def _evaluate(
+    label: str, agent: Agent, goals: Sequence[UserGoal], store: TapeStore, max_turns: int
+) -> list[Dialogue]:
+    return await evaluate(
+        agent,
+        goals,
+        store=store,
+        max_turns=max_turns,
+        tags=["case_study", label.replace(" ", "_")],
+        on_dialogue=_progress(label, len(goals)),
+    )
+
+
+def _student_llm(config: CaseStudyConfig, adapter: Path | None = None) -> LLM:
+    from tapeagents.llms import LocalLLM
+
+    return LocalLLM(
+        config.student_model,
+        max_new_tokens=config.max_new_tokens,
+        adapter=str(adapter) if adapter else None,
+    )
+
+
+async def run_case_study(config: CaseStudyConfig) -> CaseStudyResult:
+    """Run the four stages (see the module docstring) and return the figures."""
+    from tapeagents.finetune import FinetuneConfig, finetune
+
+    seconds: dict[str, float] = {}
+    config.out.mkdir(parents=True, exist_ok=True)
+    store = TapeStore(f"sqlite:///{config.out / 'tapes.db'}")
+    behaviours: Any = tuple(config.behaviours)
+    train_goals = make_goals("train", behaviours=behaviours, seeds=config.train_seeds)
+    test_goals = make_goals("test", behaviours=behaviours, seeds=config.test_seeds)
+    train_goals = train_goals[: config.max_train_dialogues]
+    test_goals = test_goals[: config.max_test_dialogues]
+
+    # 1. teacher tapes on the train forms
+    start = time.perf_counter()
+    teacher = _teacher(config)
+    train = await _evaluate("teacher train", teacher, train_goals, store, max_turns=30)
+    seconds["teacher_tapes"] = time.perf_counter() - start
+
+    # 2. export them, re-rendered for the student
+    start = time.perf_counter()
+    student_llm = _student_llm(config)
+    report = ExportReport()
+    examples = list(
+        training_examples(
+            store,
+            student_agent(student_llm),
+            Selection(tape_ids=[d.tape.id for d in train], outcome="success"),
+            validation=config.validation,
+            seed=config.seed,
+            report=report,
+        )
+    )
+    train_examples = [e for e in examples if e.split == "train"]
+    validation_examples = [e for e in examples if e.split == "validation"]
+    write_chat_jsonl(
+        examples, config.out / "train.jsonl", validation_path=config.out / "valid.jsonl"
+    )
+    print(report.summary(), flush=True)
+    seconds["export"] = time.perf_counter() - start
+
+    # 3. LoRA fine-tune the student
+    start = time.perf_counter()
+    tuned = finetune(
+        train_examples,
+        FinetuneConfig(
+            output_dir=config.out / "adapter",
+            model=config.student_model,
+            max_steps=config.max_steps,
+            epochs=config.epochs,
+            batch_size=config.batch_size,
+            learning_rate=config.learning_rate,
+            lora_r=config.lora_r,
+            lora_alpha=config.lora_alpha,
+            seed=config.seed,
+            logging_steps=10,
+        ),
+        validation=validation_examples or None,
+        on_step=lambda step, total, logs: (
+            print(f"[finetune] step {step}/{total} {logs}", flush=True) if step % 10 == 0 else None
+        ),
+    )
+    seconds["finetune"] = time.perf_counter() - start
+
+    # 4. evaluate on the test forms
+    subjects: dict[str, Agent] = {"teacher": teacher}
+    if config.evaluate_base:
+        subjects["base student"] = student_agent(student_llm, name="student_base")
+    subjects["fine-tuned student"] = student_agent(
+        _student_llm(config, tuned.adapter_dir), name="student_tuned"
+    )
+    test: dict[str, dict[str, Any]] = {}
+    for label, agent in subjects.items():
+        start = time.perf_counter()
+        dialogues = await _evaluate(label, agent, test_goals, store, config.max_turns)
+        seconds[f"test {label}"] = time.perf_counter() - start
+        test[label] = summarize(d.score for d in dialogues)
+    teacher_correct = test["teacher"]["correct"]
+    tuned_correct = test["fine-tuned student"]["correct"]
+    result = CaseStudyResult(
+        config=config,
+        train_dialogues=len(train),
+        teacher_train_correct=sum(d.score.correct for d in train),
+        export={
+            "examples": report.examples,
+            "train": report.train,
+            "validation": report.validation,
+            "problems": len(report.problems),
+            "skipped": dict(report.skipped),
+        },
+        finetune={
+            "steps": tuned.steps,
+            "examples": tuned.examples,
+            "tokens": tuned.tokens,
+            "target_tokens": tuned.target_tokens,
+            "train_loss": tuned.train_loss,
+            "eval_loss": tuned.eval_loss,
+            "seconds": round(tuned.seconds, 1),
+            "adapter": str(tuned.adapter_dir),
+        },
+        test=test,
+        ratio=tuned_correct / teacher_correct if teacher_correct else None,
+        seconds={k: round(v, 1) for k, v in seconds.items()},
+    )
+    (config.out / "results.json").write_text(result.model_dump_json(indent=1))
+    return result
+
+
+TINY = {
+    "train_seeds": [0],
+    "max_train_dialogues": 4,
+    "max_test_dialogues": 1,
+    "max_steps": 2,
+    "batch_size": 2,
+    "max_turns": 2,
+    "max_new_tokens": 48,
+    "evaluate_base": False,
+}
+"""The settings of `--tiny`: a handful of tapes and steps, to check the pipeline only."""
+
+
+def main(argv: list[str] | None = None) -> CaseStudyResult:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    defaults = CaseStudyConfig()
+    parser.add_argument("--out", type=Path, default=defaults.out)
+    parser.add_argument(
+        "--teacher", default=defaults.teacher, help='"expert" or a model, e.g. litellm:gpt-4o'
+    )
+    parser.add_argument("--train-seeds", type=int, nargs="+", default=defaults.train_seeds)
+    parser.add_argument("--test-seeds", type=int, nargs="+", default=defaults.test_seeds)
+    parser.add_argument("--max-train-dialogues", type=int, default=None)
+    parser.add_argument("--max-test-dialogues", type=int, default=None)
+    parser.add_argument("--max-steps", type=int, default=None)
+    parser.add_argument("--epochs", type=float, default=defaults.epochs)
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    parser.add_argument("--learning-rate", type=float, default=defaults.learning_rate)
+    parser.add_argument("--lora-r", type=int, default=defaults.lora_r)
+    parser.add_argument("--no-base", action="store_true", help="skip the base student")
+    parser.add_argument("--tiny", action="store_true", help="a minute-long pipeline check")
+    args = parser.parse_args(argv)
+    settings: dict[str, Any] = {
+        "out": args.out,
+        "teacher": args.teacher,
+        "train_seeds": args.train_seeds,
+        "test_seeds": args.test_seeds,
+        "max_train_dialogues": args.max_train_dialogues,
+        "max_test_dialogues": args.max_test_dialogues,
+        "max_steps": args.max_steps,
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "learning_rate": args.learning_rate,
+        "lora_r": args.lora_r,
+        "lora_alpha": 2 * args.lora_r,
+        "evaluate_base": not args.no_base,
+    }
+    if args.tiny:
+        settings.update(TINY)
+    config = CaseStudyConfig(**settings)
+    result = asyncio.run(run_case_study(config))
+    print()
+    print(result.table())
+    print(f"\nStages (seconds): {json.dumps(result.seconds)}")
+    print(f"Everything is in {config.out}/ (tapes.db, train.jsonl, adapter/, results.json).")
+    return result
