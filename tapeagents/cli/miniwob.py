@@ -163,7 +163,7 @@ async def _run_all(
 def _print_scores(scores: dict[str, _Score], elapsed: float) -> None:
     table = Table(title="MiniWoB++")
     for column in ("task", "episodes", "success", "reward 1", "mean reward", "median time"):
-        table.add_column(column, justify="left" if column == "task" else "right")
+        table.add_column(column, justify="left" if column == "task" else "right", no_wrap=True)
     total: list[float] = []
     for name, score in scores.items():
         rewards = score.rewards
@@ -181,7 +181,7 @@ def _print_scores(scores: dict[str, _Score], elapsed: float) -> None:
     if total:
         per_minute = len(total) / elapsed * 60
         console.print(
-            f"Overall: {_percent(sum(r > 0 for r in total), len(total))} success over "
+            f"Overall: {sum(r > 0 for r in total) / len(total):.1%} success over "
             f"{len(total)} episodes in {elapsed:.1f} s ({per_minute:.0f} episodes per minute)."
         )
 

@@ -19,7 +19,7 @@ def test_scripted_episodes_are_scored_and_stored(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     rows = [line for line in result.output.splitlines() if "click-button" in line]
     assert "100%" in rows[0]
-    assert "Overall: 100% success over 4 episodes" in result.output
+    assert "Overall: 100.0% success over 4 episodes" in result.output
     with TapeStore(url) as store:
         tapes = store.list(task_id="miniwob/enter-text", outcome="success")
         assert len(tapes) == 2 and {t.agent for t in tapes} == {"miniwob-expert"}
@@ -32,7 +32,7 @@ def test_llm_agent_runs_and_its_failures_are_scored(tmp_path: Path) -> None:
     argv = ["miniwob", "--task", "click-test", "--agent", "llm", "--model", "scripted"]
     result = runner.invoke(app, [*argv, "--episodes", "1", "--db", url])
     assert result.exit_code == 0, result.output
-    assert "Overall: 0% success over 1 episodes" in result.output
+    assert "Overall: 0.0% success over 1 episodes" in result.output
     with TapeStore(url) as store:
         (summary,) = store.list(task_id="miniwob/click-test")
         assert (summary.outcome, summary.status) == ("failure", "error")
