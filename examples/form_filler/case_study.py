@@ -106,6 +106,15 @@ class CaseStudyResult(BaseModel):
         return "\n".join(rows)
 
 
+TAGS = {
+    "teacher train": "teacher_train",
+    "teacher": "teacher_test",
+    "base student": "student_base",
+    "fine-tuned student": "student_tuned",
+}
+"""The tag of each group of tapes in the store (`tapeagents ls --tag student_tuned`)."""
+
+
 def _teacher(config: CaseStudyConfig) -> Agent:
     if config.teacher == "expert":
         return expert_agent()
@@ -136,7 +145,7 @@ async def _evaluate(
         goals,
         store=store,
         max_turns=max_turns,
-        tags=["case_study", label.replace(" ", "_")],
+        tags=["case_study", TAGS[label]],
         on_dialogue=_progress(label, len(goals)),
     )
 

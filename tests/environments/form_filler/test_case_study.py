@@ -35,7 +35,7 @@ def test_teacher_tapes_export_finetune_and_evaluate(tmp_path: Path, capsys) -> N
     out = capsys.readouterr().out
     assert "| fine-tuned student |" in out and "| teacher |" in out
     store = TapeStore(f"sqlite:///{tmp_path / 'tapes.db'}")
-    (tuned,) = store.list(tag="fine-tuned_student")
+    (tuned,) = store.list(tag="student_tuned")
     calls = store.llm_calls_of(store.get(tuned.id))
     assert calls and all(c.parameters.get("adapter") == str(tmp_path / "adapter") for c in calls)
     assert store.get(tuned.id).metadata.outcome is not None
