@@ -129,7 +129,8 @@ def finetune(
     if result.eval_loss is not None:
         losses += f", validation loss {result.eval_loss:.4f}"
     console.print(
-        f"Trained {result.steps} steps on {result.examples} examples ({result.target_tokens} of "
+        f"Trained {result.steps} step{'' if result.steps == 1 else 's'} on {result.examples} "
+        f"examples ({result.target_tokens} of "
         f"{result.tokens} tokens labelled) in {result.seconds:.0f} s; {losses}."
     )
     console.print(f"Adapter: {escape(str(result.adapter_dir))}")

@@ -159,7 +159,10 @@ class ExportReport(BaseModel):
         for reason, count in sorted(self.skipped.items(), key=lambda item: -item[1]):
             lines.append(f"left out: {count} × {reason}")
         if self.problems:
-            lines.append(f"{len(self.problems)} problems (the target agent cannot reproduce):")
+            count = len(self.problems)
+            lines.append(
+                f"{count} problem{'' if count == 1 else 's'} (the target agent cannot reproduce):"
+            )
             lines += [f"  {problem}" for problem in self.problems[:10]]
             if len(self.problems) > 10:
                 lines.append(f"  ... and {len(self.problems) - 10} more")
@@ -361,7 +364,7 @@ def _answer(node: LLMNode, group: Sequence[Step]) -> tuple[LLMOutput, str | None
             if step.name not in node._tool_names:
                 tools = ", ".join(sorted(node._tool_names)) or "none"
                 return empty, f"node {node.name!r} has no tool {step.name!r} (its tools: {tools})"
-        elif not node._is_content(step) and step.kind not in node.step_types:
+        elif not _emits(node, step):
             kinds = sorted(node.step_types)
             if node.text_step is not None:
                 kinds.insert(0, node.text_step.model_fields["kind"].default)
@@ -385,6 +388,15 @@ def _answer(node: LLMNode, group: Sequence[Step]) -> tuple[LLMOutput, str | None
             f"instead of {[s.kind for s in group]}"
         )
     return output, None
+
+
+def _emits(node: LLMNode, step: Step) -> bool:
+    """Whether the node's parser can produce a step of this kind (tools aside)."""
+    if step.kind in node.step_types:
+        return True
+    if node.text_step is not None and type(step) is node.text_step:
+        return True
+    return node.mode == "tools" and node._is_content(step)  # text beside tool calls
 
 
 _NOTHING: set[str] = set()

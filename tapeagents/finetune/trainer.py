@@ -230,13 +230,14 @@ def finetune(
         eval_loss = None
         if eval_set is not None:
             eval_loss = float(trainer.evaluate()["eval_loss"])
-    trainer.model.save_pretrained(output_dir)
     merged_dir = None
-    if config.merge:
-        merged_dir = output_dir / "merged"
-        merged = trainer.model.merge_and_unload()
-        merged.save_pretrained(merged_dir)
-        tokenizer.save_pretrained(merged_dir)
+    with _quiet(transformers):
+        trainer.model.save_pretrained(output_dir)
+        if config.merge:
+            merged_dir = output_dir / "merged"
+            merged = trainer.model.merge_and_unload()
+            merged.save_pretrained(merged_dir)
+            tokenizer.save_pretrained(merged_dir)
     result = FinetuneResult(
         adapter_dir=output_dir,
         merged_dir=merged_dir,
