@@ -376,6 +376,12 @@ def _answer(node: LLMNode, group: Sequence[Step]) -> tuple[LLMOutput, str | None
         output = node.inverse(group)
     except Exception as error:
         return empty, f"the inverse of node {node.name!r} failed: {_describe(error)}"
+    if node.mode == "tools" and len(group) == 1 and isinstance(group[0], ToolCall):
+        # The common case, checked without building steps: `parse` turns a lone call of a known
+        # tool back into the same ToolCall exactly when its arguments survive JSON.
+        (request,) = output.tool_calls
+        if output.content is None and json.loads(request.arguments) == group[0].arguments:
+            return output, None
     parsed = node.parse(output)
     ignore = {"call_id"} if node.mode == "json" else _NOTHING
     if len(parsed) != len(group) or any(

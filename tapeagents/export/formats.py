@@ -36,13 +36,20 @@ def chat_record(example: TrainingExample) -> dict[str, Any]:
     return record
 
 
-def _chat_line(example: TrainingExample) -> str:
-    """`json.dumps(chat_record(example))`, from the texts the example already made for its key."""
+def _chat_line(example: TrainingExample, weighted: dict[int, tuple[str, str]]) -> str:
+    """`json.dumps(chat_record(example))`, from the texts the example already made for its key.
+
+    `weighted` caches the `"weight": 0` version of each assistant message text (by the text's
+    id: the examples of a tape share their texts); the caller clears it between tapes.
+    """
     messages, tools, output = example._json_parts()
     parts = []
     for message, text in zip(example.prompt.messages, messages, strict=True):
         if message.get("role") == "assistant":
-            text = text[:-1] + ', "weight": 0}'
+            found = weighted.get(id(text))
+            if found is None:
+                found = weighted[id(text)] = (text, text[:-1] + ', "weight": 0}')
+            text = found[1]
         parts.append(text)
     parts.append(output)
     line = '{"messages": [' + ", ".join(parts) + "]"
@@ -72,12 +79,17 @@ def write_chat_jsonl(
         files["train"] = _open(path)
         if validation_path is not None:
             files["validation"] = _open(validation_path)
+        weighted: dict[int, tuple[str, str]] = {}
+        tape_id = None
         for example in examples:
             out = files.get(example.split)
             if out is None:
                 written.skip("validation examples without a validation file")
                 continue
-            out.write(_chat_line(example))
+            if example.tape_id != tape_id:
+                tape_id = example.tape_id
+                weighted.clear()
+            out.write(_chat_line(example, weighted))
             written.add(example)
             if on_example is not None:
                 on_example(example)

@@ -238,3 +238,16 @@ def test_scripted_llm_answers_are_canonical() -> None:
     agent.llms = {"default": llm}
     result = run_sync(agent, question(1, 2))
     assert result.tape.kinds() == ["user", "final_answer"]
+
+
+def test_tool_arguments_that_do_not_survive_json_are_problems() -> None:
+    tape = question(1, 2)
+    call = ToolCall(
+        name="add",
+        arguments={"a": (1, 2), "b": 3},
+        metadata=StepMetadata(agent="calc", node="main", llm_call_id="x"),
+    )
+    tape.append(call)
+    report = ExportReport()
+    assert tape_examples(tape, calc_agent(), report=report) == []
+    assert "would not parse its own answer back" in report.problems[0].reason
