@@ -376,8 +376,12 @@ class _TeacherNode(LLMNode):
         return [self.make_prompt(agent, _prefix(tape, end)) for end in ends]
 
 
-def teacher_agent(llm: LLM | str) -> Agent:
+def teacher_agent(llm: LLM | str, *, think: bool = True) -> Agent:
     """The careful teacher for a strong model: `think` (reasoning), then `act` (one action).
+
+    With `think=False` the teacher is the `act` node alone and writes only form actions and
+    `final_answer` (no free text): its tapes then export as training data for the student,
+    whose compact node has the same name and actions.
 
     Example:
         >>> from tapeagents.llms import ScriptedLLM
@@ -385,15 +389,18 @@ def teacher_agent(llm: LLM | str) -> Agent:
         >>> [node.name for node in agent.nodes]
         ['think', 'act']
     """
-    think = _TeacherNode(
+    actions: tuple[type[Step], ...] = (*ASSISTANT_ACTIONS, FinalAnswer)
+    act = _TeacherNode(
+        "act",
+        system_prompt=TEACHER_PROMPT,
+        steps=(*actions, AssistantMessage) if think else actions,
+    )
+    if not think:
+        return Agent("teacher", nodes=[act], llms=llm)
+    thinker = _TeacherNode(
         "think",
         system_prompt=f"{TEACHER_PROMPT}\n\n{THINK_PROMPT}",
         steps=(Reasoning,),
         text_step=Reasoning,
     )
-    act = _TeacherNode(
-        "act",
-        system_prompt=TEACHER_PROMPT,
-        steps=(*ASSISTANT_ACTIONS, FinalAnswer, AssistantMessage),
-    )
-    return Agent("teacher", nodes=[think, act], llms=llm)
+    return Agent("teacher", nodes=[thinker, act], llms=llm)

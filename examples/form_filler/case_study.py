@@ -118,7 +118,7 @@ TAGS = {
 def _teacher(config: CaseStudyConfig) -> Agent:
     if config.teacher == "expert":
         return expert_agent()
-    return teacher_agent(config.teacher)
+    return teacher_agent(config.teacher, think=False)  # its tapes must export for the student
 
 
 def _progress(label: str, total: int) -> Any:

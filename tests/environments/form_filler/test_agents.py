@@ -175,3 +175,29 @@ async def test_expert_tapes_start_with_the_search_and_set_values_as_typed(behavi
     for step in dialogue.tape:
         if isinstance(step, SetField):
             assert isinstance(step.value, str)
+
+
+async def test_a_teacher_without_the_think_node_exports_for_the_student() -> None:
+    def model(prompt: Prompt) -> LLMOutput:
+        output = teacher_llm(prompt)
+        return output.model_copy(update={"content": None})  # tool calls only
+
+    teacher = teacher_agent(ScriptedLLM(model), think=False)
+    assert [node.name for node in teacher.nodes] == ["act"]
+    goal = make_goal(get_form("late_checkout"), "happy")
+    dialogue = await run_dialogue(teacher, goal, max_turns=1)
+    assert dialogue.tape.kinds()[1:] == [
+        "find_form",
+        "form_candidates",
+        "open_form",
+        "form_opened",
+        "ask_user",
+    ]
+    report = ExportReport()
+    examples = list(
+        training_examples([dialogue.tape], student_agent(ScriptedLLM(["x"])), report=report)
+    )
+    assert report.problems == [] and len(examples) == 3
+    assert json.loads(examples[1].output.content) == [
+        {"kind": "open_form", "name": "late_checkout"}
+    ]
