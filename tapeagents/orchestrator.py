@@ -219,11 +219,20 @@ class _Recorder:
         self._unsaved_calls: list[LLMCall] = []
 
     async def _call(self, method: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Run a store method: inline when it is sub-millisecond (SQLite), else in a thread."""
+        """Run a store method: inline when it is sub-millisecond (SQLite), else in a thread.
+
+        A write in a thread cannot be stopped halfway, so a cancelled run waits for it: when the
+        cancellation goes on, the store no longer changes behind the caller's back.
+        """
         assert self.store is not None
         if self.store.writes_inline:
             return method(*args, **kwargs)
-        return await asyncio.to_thread(method, *args, **kwargs)
+        write = asyncio.ensure_future(asyncio.to_thread(method, *args, **kwargs))
+        try:
+            return await asyncio.shield(write)
+        except asyncio.CancelledError:
+            await asyncio.wait([write])
+            raise
 
     async def start(self, agent_name: str) -> None:
         if self.store is None:

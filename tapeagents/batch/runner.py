@@ -77,7 +77,8 @@ class TaskResult:
     """Transient LLM failures retried during the task."""
     seconds: float = 0.0
     tape: Tape[Any, Any] | None = field(default=None, repr=False)
-    """The tape, with the asyncio backend (Ray workers leave it in the store)."""
+    """The tape, from `run_batch` with the asyncio backend; None from Ray workers and in
+    `run_batch_sync` summaries with a store (the store has the tape)."""
 
     @property
     def failed(self) -> bool:
@@ -158,11 +159,17 @@ class BatchRun:
         return tape_id_for(self.batch_id, task_id)
 
     async def _store(self, method: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """A store call: inline on SQLite (sub-millisecond), in a worker thread otherwise."""
+        """A store call: inline on SQLite (sub-millisecond), in a worker thread otherwise; a
+        cancellation waits for a write in progress (like the orchestrator's)."""
         assert self.store is not None
         if self.store.writes_inline:
             return method(*args, **kwargs)
-        return await asyncio.to_thread(method, *args, **kwargs)
+        call = asyncio.ensure_future(asyncio.to_thread(method, *args, **kwargs))
+        try:
+            return await asyncio.shield(call)
+        except asyncio.CancelledError:
+            await asyncio.wait([call])
+            raise
 
     async def stored_statuses(self) -> dict[str, str]:
         """Status of every stored tape of the batch, by tape id."""
@@ -414,7 +421,8 @@ async def run_batch(
             yield result
     except StoreError as error:
         raise StoreError(
-            f"Batch {batch_id!r} stopped: {error} Finished tapes are stored; once the store "
+            f"Batch {batch_id!r} stopped: {str(error).rstrip('.')}. Finished tapes are stored; "
+            "once the store "
             f"works again, run the batch again (batch id {batch_id!r}) to resume it."
         ) from None
     finally:
@@ -492,6 +500,8 @@ def run_batch_sync(
             chunk_size=chunk_size,
         )
         async for result in results:
+            if store is not None:
+                result.tape = None  # the store has it; a long batch should not hold them all
             summary.add(result)
             if view is not None:
                 view.update(result)

@@ -52,10 +52,15 @@ def _environments(path: str) -> tuple[Environment | None, EnvFactory | None]:
     return None, make
 
 
-def _resume_command(batch_id: str) -> str:
-    """The command line to run again, with the batch id made explicit."""
+def _resume_command(batch_id: str, display_url: str) -> str:
+    """The command line to run again, with the batch id made explicit (and no password)."""
     argv = list(sys.argv[1:]) if sys.argv and sys.argv[0].endswith("tapeagents") else None
     if argv and "batch" in argv:
+        for i, arg in enumerate(argv):
+            if arg == "--db" and i + 1 < len(argv):
+                argv[i + 1] = display_url
+            elif arg.startswith("--db="):
+                argv[i] = f"--db={display_url}"
         if "--batch-id" not in argv:
             argv += ["--batch-id", batch_id]
         return "tapeagents " + shlex.join(argv)
@@ -124,7 +129,7 @@ def batch(
             f"Batch [bold]{escape(batch_id)}[/]: {len(found.tasks)} tasks, agent "
             f"{escape(agent.name)!s}, concurrency {concurrency}, store {escape(store.display_url)}"
         )
-        hint = f"Resume with: {_resume_command(batch_id)}"
+        hint = f"Resume with: {_resume_command(batch_id, store.display_url)}"
         mode: Literal["asyncio", "ray"] = "ray" if backend == "ray" else "asyncio"
         try:
             summary = run_batch_sync(

@@ -97,3 +97,26 @@ def calc_agent() -> Agent:
 def slow_agent() -> Agent:
     """Two calls per task, 0.5 s each for "slow" messages: slow enough to interrupt."""
     return Agent("slow", nodes=steps_agent(2).nodes, llms=SlowLLM(0.1))
+
+
+def database_dropping_agent() -> Agent:
+    """Drops the PostgreSQL database named by $TAPEAGENTS_TEST_DROP_URL on its tenth call: the
+    store disappears mid-batch."""
+    import sqlalchemy as sa
+
+    url = os.environ["TAPEAGENTS_TEST_DROP_URL"]
+    calls = {"n": 0}
+
+    def drop_on_tenth_call(prompt: Prompt) -> str:
+        calls["n"] += 1
+        if calls["n"] == 10:
+            admin = sa.create_engine(
+                url.rsplit("/", 1)[0] + "/postgres", isolation_level="AUTOCOMMIT"
+            )
+            with admin.connect() as connection:
+                name = url.rsplit("/", 1)[1]
+                connection.execute(sa.text(f'DROP DATABASE "{name}" WITH (FORCE)'))
+            admin.dispose()
+        return answer(prompt)
+
+    return Agent("gone", nodes=steps_agent(3).nodes, llms=ScriptedLLM(drop_on_tenth_call))

@@ -262,3 +262,21 @@ async def test_store_that_disappears_mid_batch_stops_the_batch(postgres_url: str
     assert "stopped" in str(info.value) and "Cannot" in str(info.value)
     assert len(seen) < 20
     store.close()
+
+
+async def test_after_closing_a_batch_the_store_no_longer_changes(postgres_url: str) -> None:
+    """PostgreSQL writes run in threads; closing the batch waits for the ones in progress."""
+    agent = steps_agent(4)  # no model latency: most of the time goes to the store's threads
+    with TapeStore(postgres_url) as store:
+        work = tasks(32)
+        async with aclosing(
+            run_batch(agent, work, store=store, concurrency=16, batch_id="x")
+        ) as run:
+            async for _ in run:
+                break
+        before = {s.id: s.length for s in store.list(tag=batch_tag("x"), limit=None)}
+        await asyncio.sleep(0.3)
+        after = {s.id: s.length for s in store.list(tag=batch_tag("x"), limit=None)}
+        assert before == after
+        results = await collect(agent, work, store=store, batch_id="x")  # resumes cleanly
+        assert {r.status for r in results} == {"stopped"}

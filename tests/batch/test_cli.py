@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from tapeagents.batch import batch_tag
@@ -158,3 +159,27 @@ def test_ctrl_c_stops_cleanly_and_the_same_command_resumes(tmp_path: Path) -> No
         assert len(summaries) == 6 and {s.status for s in summaries} == {"stopped"}
         for summary in summaries:  # resumed tapes did not repeat steps
             assert store.get(summary.id).kinds() == ["user", "reasoning", "final_answer"]
+
+
+def test_a_store_that_disappears_stops_the_batch_with_a_resume_hint(
+    tmp_path: Path, postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TAPEAGENTS_TEST_DROP_URL", postgres_url)
+    tasks = write_tasks(
+        tmp_path / "t.jsonl", [json.dumps({"id": i, "message": "hi"}) for i in range(20)]
+    )
+    result = invoke(
+        "batch",
+        "--agent",
+        "tests.batch.agents:database_dropping_agent",
+        "--tasks",
+        str(tasks),
+        "--db",
+        postgres_url,
+        "--batch-id",
+        "gone",
+    )
+    assert result.exit_code == 2, result.output  # type: ignore[attr-defined]
+    output = result.output  # type: ignore[attr-defined]
+    assert "Batch 'gone' stopped: Cannot" in output
+    assert "Resume with: tapeagents batch" in output and "gone" in output
