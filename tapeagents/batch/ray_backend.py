@@ -13,9 +13,10 @@ import asyncio
 import math
 import os
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tapeagents.batch.runner import BatchRun, TaskResult, _all_llms
+from tapeagents.batch.runner import BatchRun, TaskResult
 from tapeagents.batch.tasks import Task
 from tapeagents.errors import StoreError, UsageError
 
@@ -54,7 +55,7 @@ def _worker_store(url: str) -> TapeStore:
 def _share_rate_limits(batch: BatchRun, workers: int) -> None:
     """Give this worker its share of every rate limit (limits that were one object stay one)."""
     shared: dict[int, Any] = {}
-    for llm in _all_llms(batch.agent):
+    for llm in batch.llms():
         gate = getattr(llm, "gate", None)
         limit = getattr(gate, "rate_limit", None)
         if limit is not None:
@@ -107,6 +108,8 @@ async def run_on_ray(
                 "The Ray backend needs a store every worker can open: PostgreSQL "
                 "(postgresql+psycopg://...) or, on one machine, a SQLite file; not :memory:."
             )
+        # workers may start elsewhere: give them the file's absolute path
+        store_url = f"sqlite:///{Path(database).expanduser().resolve()}"
     if not ray.is_initialized():
         ray.init(include_dashboard=False, logging_level="WARNING")
     workers = workers or max(int(ray.cluster_resources().get("CPU", 1)), 1)

@@ -302,26 +302,26 @@ class BatchRun:
         else:
             await self._store(self.store.set_status, tape.id, "error", metadata=tape.metadata)
 
+    def llms(self) -> list[Any]:
+        """Every LLM the agent and its subagents use (wrapped ones too), each once."""
+        found: dict[int, Any] = {}
+        stack = [self.agent]
+        while stack:
+            current = stack.pop()
+            for llm in current.llms.values():
+                found.setdefault(id(llm), llm)
+                inner = getattr(llm, "llm", None)  # CachedLLM and other wrappers
+                if inner is not None:
+                    found.setdefault(id(inner), inner)
+            stack.extend(current.subagents.values())
+        return list(found.values())
+
     async def close_llms(self) -> None:
         """Close the connections the agent's LLMs opened in this event loop."""
-        for llm in _all_llms(self.agent):
+        for llm in self.llms():
             close = getattr(llm, "aclose", None)
             if close is not None:
                 await close()
-
-
-def _all_llms(agent: Agent) -> list[Any]:
-    found: dict[int, Any] = {}
-    stack = [agent]
-    while stack:
-        current = stack.pop()
-        for llm in current.llms.values():
-            found.setdefault(id(llm), llm)
-            inner = getattr(llm, "llm", None)  # CachedLLM and other wrappers
-            if inner is not None:
-                found.setdefault(id(inner), inner)
-        stack.extend(current.subagents.values())
-    return list(found.values())
 
 
 async def _first_error(task: asyncio.Task[None]) -> None:
