@@ -64,9 +64,7 @@ def test_token_estimate_is_rough_but_monotonic() -> None:
     assert 1 <= short < long and long == pytest.approx(300, rel=0.2)
 
 
-async def test_a_batch_shares_one_rate_limit_and_tapes_record_retries(
-    stub: Stub, tmp_path: object
-) -> None:
+async def test_a_batch_shares_one_rate_limit_and_tapes_record_retries(stub: Stub) -> None:
     limit = RateLimit(requests_per_minute=1200)  # 20 a second
     llm = OpenAICompatLLM("flaky-3-batch", base_url=stub.base_url, backoff=0.001, rate_limit=limit)
     agent = Agent("limited", nodes=steps_agent(2).nodes, llms=llm)

@@ -201,7 +201,7 @@ async def test_pickled_backend_opens_its_own_connections(stub: Stub) -> None:
     await copy.aclose()
 
 
-async def test_agent_with_tools_on_a_real_server(stub: Stub, tmp_path: object) -> None:
+async def test_agent_with_tools_on_a_real_server(stub: Stub) -> None:
     def add(a: int, b: int) -> int:
         """Add two integers."""
         return a + b
