@@ -12,6 +12,8 @@ after 100 ms, so the ideal throughput is concurrency / 0.1 s calls per second.
 
 Backends: `OpenAICompatLLM` (httpx straight to /v1/chat/completions) and `LiteLLM` (litellm
 with the `openai/` provider and `api_base` pointed at the stub), at concurrency 64 and 256.
+The backend alone (`OpenAICompatLLM.stream_call`, no agent, no store; 5,000 calls) shows how the
+CPU time splits between the HTTP client and the framework with its store.
 Each configuration runs in a fresh process (after a warm-up batch), which reports wall time,
 its CPU time (user + system, all threads: the framework, the HTTP client and the store) and its
 peak resident memory; memory per concurrent session is the growth of the peak from concurrency
@@ -144,6 +146,29 @@ async def drain(
     return calls, errors
 
 
+async def bare_calls(llm: Any, n: int, concurrency: int) -> tuple[int, int]:
+    """`n` streamed calls of the backend alone, `concurrency` at a time: no agent, no store."""
+    from tapeagents.llms import Prompt
+
+    prompt = Prompt(
+        messages=[
+            {"role": "system", "content": "Think about the task."},
+            {"role": "user", "content": "Task number 1: say something."},
+        ]
+    )
+    todo = iter(range(n))
+
+    async def one_at_a_time() -> None:
+        for _ in todo:
+            async for _item in llm.stream_call(prompt):
+                pass
+
+    await asyncio.gather(*(one_at_a_time() for _ in range(concurrency)))
+    if hasattr(llm, "aclose"):
+        await llm.aclose()
+    return n, 0
+
+
 def worker(config: dict[str, Any]) -> dict[str, Any]:
     """One configuration, in this (fresh) process: a warm-up batch, then the measured one."""
     from tapeagents.store import TapeStore
@@ -169,7 +194,10 @@ def worker(config: dict[str, Any]) -> dict[str, Any]:
     sampler.start()
     before = resource.getrusage(resource.RUSAGE_SELF)
     start = time.perf_counter()
-    calls, errors = asyncio.run(drain(agent, tasks, store, concurrency, "measured"))
+    if config.get("bare"):
+        calls, errors = asyncio.run(bare_calls(agent.llm(), 5 * len(tasks), concurrency))
+    else:
+        calls, errors = asyncio.run(drain(agent, tasks, store, concurrency, "measured"))
     seconds = time.perf_counter() - start
     after = resource.getrusage(resource.RUSAGE_SELF)
     stop.set()
@@ -283,6 +311,21 @@ def main() -> None:
     try:
         with _stores(args, directory) as stores:
             backends = ["openai-compat"] + ([] if args.no_litellm else ["litellm"])
+            for concurrency in (64, 256):  # the HTTP client alone: how CPU time splits
+                config = {
+                    "backend": "openai-compat",
+                    "store": stores[0][1](),  # for the warm-up batch only
+                    "bare": True,
+                    "port": stub.port,
+                    "concurrency": concurrency,
+                    "tasks": args.tasks,
+                }
+                result = run_config(config, stub, args.timeout)
+                results.setdefault(("openai-compat alone", "no store", concurrency), []).append(
+                    result
+                )
+                name = f"OpenAICompatLLM.stream_call alone, concurrency {concurrency}"
+                print(line(name, result, concurrency), flush=True)
             for backend in backends:
                 for store_name, fresh_url in stores:
                     for concurrency in (64, 256):
