@@ -164,11 +164,9 @@ class OpenAICompatLLM(LLM):
         self.timeout = timeout
         self.max_connections = max_connections
         self.prices = prices
-        self._headers = {
-            "Content-Type": "application/json",
-            "Accept": "application/json",
-            **dict(headers or {}),
-        }
+        self._headers = httpx.Headers(  # its repr hides the authorization header
+            {"Content-Type": "application/json", "Accept": "application/json", **(headers or {})}
+        )
         if api_key:
             self._headers["Authorization"] = f"Bearer {api_key}"
         self._url = f"{self.base_url}/chat/completions"

@@ -152,6 +152,7 @@ async def test_api_key_is_sent_but_never_recorded(stub: Stub) -> None:
     assert stub.requests[-1]["headers"]["authorization"] == f"Bearer {secret}"
     assert secret not in call.model_dump_json()
     assert secret not in repr(llm) and secret not in str(llm.parameters)
+    assert secret not in repr(vars(llm))
     async with make(stub, "secure", api_key="sk-wrong") as wrong:
         with pytest.raises(LLMError, match="HTTP 401: invalid api key. Check the API key") as info:
             await wrong.generate(PROMPT)
