@@ -26,18 +26,11 @@ from pydantic import BaseModel, Field, PrivateAttr
 from tapeagents.agent import Agent, LLMNode, output_groups
 from tapeagents.core import Error, Observation, ParsingFailure, Step, Tape, ToolCall, UnknownStep
 from tapeagents.errors import TapeAgentsError, UsageError
-from tapeagents.export.selection import (
-    NO_NOTES,
-    Selection,
-    SplitBy,
-    _Notes,
-    select_tapes,
-    split_of,
-)
+from tapeagents.export.selection import NO_NOTES, Selection, SplitBy, _Notes, select_tapes, split_of
 from tapeagents.llms import LLMCall, LLMOutput, Prompt
 
 if TYPE_CHECKING:
-    from tapeagents.store import TapeStore
+    from tapeagents.store import Annotation, TapeStore
 
 __all__ = [
     "ExactnessReport",
@@ -198,7 +191,7 @@ def tape_examples(
     selection: Selection | None = None,
     report: ExportReport | None = None,
     on_problem: OnProblem = "skip_tape",
-    _notes: _Notes = NO_NOTES,
+    annotations: Sequence[Annotation] = (),
 ) -> list[TrainingExample]:
     """The training examples of one tape, rendered with `agent`'s nodes.
 
@@ -210,6 +203,7 @@ def tape_examples(
         selection: Annotation filters (tape filters are applied by `training_examples`).
         report: Counts and problems are added to it.
         on_problem: What a problem costs: `skip_tape`, `skip_output` or `raise` (`ExportError`).
+        annotations: The tape's annotations (`store.annotations(tape.id)`), for `selection`.
 
     Returns:
         The examples, in tape order (all with `split="train"`).
@@ -219,6 +213,7 @@ def tape_examples(
     source = source_agent or _first_agent(steps)
     pending: list[_Pending] = []
     problems: list[ExportProblem] = []
+    notes = _Notes.of(annotations) if annotations else NO_NOTES
 
     def problem(start: int | None, reason: str) -> None:
         found = ExportProblem(tape_id=tape.id, step_index=start, reason=reason)
@@ -265,7 +260,7 @@ def tape_examples(
         if reason is not None:
             problem(start, reason)
             continue
-        verdict = selection.verdict(_notes, start, stop) if selection is not None else None
+        verdict = selection.verdict(notes, start, stop) if selection is not None else None
         if verdict is not None:
             report.skip(verdict)
             continue
@@ -278,7 +273,7 @@ def tape_examples(
         return []
     prompts = _prompts(tape, pending, problem)
     if problems and on_problem == "skip_tape":
-        report.skip("outputs of tapes with problems", len(pending))
+        report.skip("outputs of tapes with problems", len(prompts))
         return []
     task_id = tape.metadata.task_id
     examples = [
@@ -490,7 +485,7 @@ def training_examples(
             selection=selection if selection.uses_annotations else None,
             report=report,
             on_problem=on_problem,
-            _notes=chosen.notes,
+            annotations=chosen.annotations,
         )
         side = split_of(chosen.group, validation=validation, seed=seed)
         used = False

@@ -201,7 +201,8 @@ class Selected:
     """The agent that ran it (the store's `agent` column), when known."""
     group: str
     """The split key: the task id, or the id of the oldest known ancestor."""
-    notes: _Notes
+    annotations: list[Annotation]
+    """The tape's annotations, read only when the selection uses them."""
     summary: TapeSummary | None = None
     """The stored header (None for tapes in memory)."""
 
@@ -223,7 +224,7 @@ def select_tapes(
                 continue
             if selection.matches_tape(tape, agent):
                 root = tape.parent_id or tape.id
-                yield Selected(tape, agent, _group(tape.metadata.task_id, root, split_by), NO_NOTES)
+                yield Selected(tape, agent, _group(tape.metadata.task_id, root, split_by), [])
         return
     store = source
     if selection.tape_ids is not None:
@@ -238,9 +239,7 @@ def select_tapes(
         batch = [s.id for s in summaries[start : start + _BATCH]]
         for tape in store.iter_tapes(batch):
             summary = by_id[tape.id]
-            notes = NO_NOTES
-            if selection.uses_annotations:
-                notes = _Notes.of(store.annotations(tape.id))
+            notes = store.annotations(tape.id) if selection.uses_annotations else []
             root = _lineage_root(tape.id, parents)
             group = _group(summary.task_id, root, split_by)
             yield Selected(tape, summary.agent, group, notes, summary)
