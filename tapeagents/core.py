@@ -146,10 +146,34 @@ def load_step(data: dict[str, Any] | Step) -> Step:
         return data
     if not isinstance(data, dict) or not isinstance(data.get("kind"), str):
         raise UsageError(f"A step must be a JSON object with a string 'kind', got: {data!r:.200}")
-    cls = _REGISTRY.get(data["kind"])
+    cls = _REGISTRY.get(data["kind"]) or _plugin_step_class(data["kind"])
     if cls is None:
         return _unknown(data)
     return cls.model_validate(data)
+
+
+_plugins_loaded = False
+
+
+def _plugin_step_class(kind: str) -> type[Step] | None:
+    """Import the step modules that packages declare (entry-point group `tapeagents.steps`) once.
+
+    So `tapeagents show` or the studio load a browser tape's steps as their own types without
+    the core importing any environment. A plugin that fails to import is skipped: its steps
+    then load as `UnknownStep`, which keeps their data.
+    """
+    global _plugins_loaded
+    if _plugins_loaded:
+        return None
+    _plugins_loaded = True
+    from importlib.metadata import entry_points
+
+    for entry in entry_points(group="tapeagents.steps"):
+        try:
+            entry.load()
+        except Exception:  # noqa: BLE001 - a broken plugin must not make tapes unreadable
+            continue
+    return _REGISTRY.get(kind)
 
 
 def _unknown(data: dict[str, Any]) -> UnknownStep:
