@@ -168,6 +168,11 @@ def export(
         )
     if validation_out is not None and not validation:
         raise UsageError("--validation-out needs --validation SHARE (for example 0.1).")
+    if validation_out is not None and format not in (Format.openai, Format.tokens):
+        raise UsageError(
+            f"--validation-out is for --format openai and tokens; --format {format.value} "
+            + ("keeps both splits in one DatasetDict." if format is Format.hf else "has no split.")
+        )
     with open_store(db) as store:
         ids = [store.resolve_id(i) for i in tape_ids] if tape_ids else None
         if format is Format.tapes:

@@ -102,8 +102,14 @@ def test_eval_format_and_matrix(filled, tmp_path: Path) -> None:
 
 
 def test_training_formats_need_an_agent(filled, tmp_path: Path) -> None:
-    result = make_invoke(filled[0])("export", "-f", "openai", "-o", str(tmp_path / "x"))
+    cli = make_invoke(filled[0])
+    result = cli("export", "-f", "openai", "-o", str(tmp_path / "x"))
     assert result.exit_code == 2 and "pass --agent MODULE:ATTR" in result.stderr
+    result = cli(
+        "export", "-f", "hf", "--agent", "tests.export.agents:calc_agent", "-o", str(tmp_path),
+        "--validation", "0.2", "--validation-out", str(tmp_path / "v"),
+    )  # fmt: skip
+    assert result.exit_code == 2 and "keeps both splits in one DatasetDict" in result.stderr
 
 
 def test_tapes_format_is_the_default_backup(filled, tmp_path: Path) -> None:
