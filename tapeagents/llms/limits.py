@@ -279,10 +279,17 @@ class RequestGate:
         if self.rate_limit is not None and used is not None:
             self.rate_limit.settle(tokens, used)
 
+    def _final(self, error: Exception, attempt: int) -> Exception:
+        """The exception to raise for `error` (chained to it unless it is the same)."""
+        failure = self.failure(error, attempt)
+        if failure is not error:
+            failure.__cause__ = error
+        return failure
+
     async def _after_failure(self, error: Exception, attempt: int) -> None:
         """Sleep before the next attempt, or raise the failure if `error` is final."""
         if not self.is_transient(error) or attempt >= self.retry.max_retries:
-            raise self.failure(error, attempt) from error
+            raise self._final(error, attempt)
         self.retries += 1
         _note_retry()
         await asyncio.sleep(self.retry.delay(attempt, retry_after_seconds(error)))
@@ -337,6 +344,6 @@ class RequestGate:
                 return
             except Exception as error:
                 if sent:
-                    raise self.failure(error, tries) from error
+                    raise self._final(error, tries)  # noqa: B904 - chained in _final
                 await self._after_failure(error, tries)
                 tries += 1
