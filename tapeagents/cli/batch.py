@@ -12,7 +12,7 @@ import typer
 from rich.markup import escape
 
 from tapeagents.cli.common import DbOption, _import, err, fail, load_agent, open_store, out
-from tapeagents.cli.run import AgentOption, EnvOption
+from tapeagents.cli.run import AgentOption
 from tapeagents.environment import Environment
 from tapeagents.errors import StoreError, UsageError
 
@@ -24,6 +24,16 @@ __all__ = ["app"]
 app = typer.Typer()
 
 PANEL = "Runs"
+
+EnvOption = Annotated[
+    str | None,
+    typer.Option(
+        "--env",
+        metavar="MODULE:ATTR",
+        help="The environment: an Environment shared by all tasks, or a function called for each "
+        "task (with the task, or with no arguments) that returns one; it is closed after the task.",
+    ),
+]
 _SHOWN_FAILURES = 5
 
 
