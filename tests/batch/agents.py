@@ -120,3 +120,9 @@ def database_dropping_agent() -> Agent:
         return answer(prompt)
 
     return Agent("gone", nodes=steps_agent(3).nodes, llms=ScriptedLLM(drop_on_tenth_call))
+
+
+def env_for_task(task: dict[str, object]) -> ToolEnvironment:
+    """A per-task environment factory that reads the task (the CLI passes it)."""
+    assert "id" in task
+    return calc_env()

@@ -63,7 +63,8 @@ def test_batch_runs_the_good_lines_and_reports_the_bad_ones(tmp_path: Path) -> N
     assert "already done (skipped)" in again.output  # type: ignore[attr-defined]
 
 
-def test_environment_factory_per_task(tmp_path: Path) -> None:
+@pytest.mark.parametrize("env", ["calc_env", "env_for_task"])
+def test_environment_factory_per_task(tmp_path: Path, env: str) -> None:
     tasks = write_tasks(
         tmp_path / "t.jsonl", [json.dumps({"id": i, "message": "2+3?"}) for i in range(3)]
     )
@@ -73,7 +74,7 @@ def test_environment_factory_per_task(tmp_path: Path) -> None:
         "--agent",
         "tests.batch.agents:calc_agent",
         "--env",
-        "tests.batch.agents:calc_env",
+        f"tests.batch.agents:{env}",
         "--tasks",
         str(tasks),
         "--db",
