@@ -78,3 +78,22 @@ def test_rate_limits_are_split_between_workers() -> None:
     limit = RateLimit(requests_per_minute=600, tokens_per_minute=60_000)
     share = limit.share(4)
     assert (share.requests_per_minute, share.tokens_per_minute) == (150, 15_000)
+
+
+def test_ray_workers_call_an_openai_compatible_server(postgres_url: str, ray_cluster: None) -> None:
+    from tapeagents import Agent
+    from tapeagents.llms import OpenAICompatLLM
+    from tests.batch.openai_stub import serve
+
+    with serve() as stub, TapeStore(postgres_url) as store:
+        limit = RateLimit(requests_per_minute=6000)
+        llm = OpenAICompatLLM("echo", base_url=stub.base_url, api_key="sk-test", rate_limit=limit)
+        agent = Agent("remote", nodes=steps_agent(2).nodes, llms=llm)
+        work = [{"id": i, "message": f"task {i}"} for i in range(6)]
+        summary = run_batch_sync(agent, work, store=store, backend="ray", batch_id="http")
+        assert summary.by_status() == {"stopped": 6}
+        assert len(stub.requests) == 12  # two calls a task, made by the workers
+        assert all(r["headers"]["authorization"] == "Bearer sk-test" for r in stub.requests)
+        tape = store.get(store.list(task_id="3")[0].id)
+        assert tape.kinds() == ["user", "reasoning", "final_answer"]
+        assert tape.steps[-1].answer.startswith("echo: ")  # type: ignore[attr-defined]
