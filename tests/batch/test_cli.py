@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 
 from tapeagents.batch import batch_tag
 from tapeagents.cli import app
+from tapeagents.errors import StoreError
 from tapeagents.store import TapeStore
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -117,7 +118,7 @@ def test_bad_paths_are_reported(tmp_path: Path) -> None:
 
 def test_ctrl_c_stops_cleanly_and_the_same_command_resumes(tmp_path: Path) -> None:
     tasks = write_tasks(
-        tmp_path / "tasks.jsonl", [json.dumps({"id": i, "message": "slow"}) for i in range(6)]
+        tmp_path / "tasks.jsonl", [json.dumps({"id": i, "message": "slow"}) for i in range(12)]
     )
     db = tmp_path / "tapes.db"
     command = [
@@ -138,13 +139,20 @@ def test_ctrl_c_stops_cleanly_and_the_same_command_resumes(tmp_path: Path) -> No
     process = subprocess.Popen(
         command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:  # wait until tapes are being written
-        time.sleep(0.2)
-        if db.exists():
-            with TapeStore(f"sqlite:///{db}") as store:
-                if store.count(status="running") >= 2:
+    watcher: TapeStore | None = None
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.1)  # wait until tapes are being written
+        try:
+            if db.exists():
+                watcher = watcher or TapeStore(f"sqlite:///{db}", upgrade=False)
+                if watcher.count(status="running") >= 2:
                     break
+        except StoreError:  # the batch is still creating its tables
+            continue
+    if watcher is not None:
+        watcher.close()
+    assert process.poll() is None, "the batch ended before it could be interrupted"
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 130, stderr
@@ -157,7 +165,7 @@ def test_ctrl_c_stops_cleanly_and_the_same_command_resumes(tmp_path: Path) -> No
     assert done.returncode == 0, done.stderr
     with TapeStore(f"sqlite:///{db}") as store:
         summaries = store.list(limit=None)
-        assert len(summaries) == 6 and {s.status for s in summaries} == {"stopped"}
+        assert len(summaries) == 12 and {s.status for s in summaries} == {"stopped"}
         for summary in summaries:  # resumed tapes did not repeat steps
             assert store.get(summary.id).kinds() == ["user", "reasoning", "final_answer"]
 
