@@ -163,6 +163,8 @@ class RateLimit:
         self._requests = _Bucket(requests_per_minute) if requests_per_minute else None
         self._tokens = _Bucket(tokens_per_minute) if tokens_per_minute else None
         self._lock = threading.Lock()
+        self.requests = 0
+        """Requests booked through this limit."""
         self.waited = 0.0
         """Total seconds requests spent waiting for this limit."""
 
@@ -184,6 +186,7 @@ class RateLimit:
             if self._tokens is not None:
                 self._tokens.take(moment, tokens)
             wait = moment - now
+            self.requests += 1
             self.waited += wait
             return wait
 

@@ -188,8 +188,8 @@ async def test_rate_limit_spaces_requests_of_concurrent_sessions(stub: Stub) -> 
         start = time.monotonic()
         await asyncio.gather(*(llm.generate(PROMPT) for _ in range(30)))
         elapsed = time.monotonic() - start
-    assert 0.4 < elapsed < 3.0  # 20 at once, then 10 more at 20 a second
-    assert limit.waited > 0
+    assert limit.requests == 30
+    assert 0.45 < elapsed < 10  # 20 at once, then 10 more at 20 a second: at least 0.5 s
 
 
 async def test_pickled_backend_opens_its_own_connections(stub: Stub) -> None:
