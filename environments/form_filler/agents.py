@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import json
+import random
 import re
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
@@ -228,7 +229,18 @@ def _next(state: FormState) -> Step:
         return ConfirmForm()
     spec = state.form.field(state.remaining[0])
     assert spec is not None
-    return AskUser(field=spec.name, question=ask_text(spec))
+    return _ask(state, spec, ask_text(spec))
+
+
+def _ask(state: FormState, spec: FieldSpec, question: str) -> AskUser:
+    """Ask about `spec`, naming it only when the cursor (the first empty field) is another."""
+    cursor = state.remaining[0] if state.remaining else None
+    return AskUser(field=None if spec.name == cursor else spec.name, question=question)
+
+
+def _here(state: FormState, spec: FieldSpec) -> str | None:
+    """The field argument of `set_field`/`skip_field` for `spec`: None for the asked field."""
+    return None if spec.name == state.asked else spec.name
 
 
 def _change(state: FormState, text: str) -> Step | None:
@@ -261,17 +273,17 @@ def _reply_to_user(state: FormState, text: str) -> Step:
         return _next(state)
     if text in SKIP_PHRASES:
         if spec.required:
-            return AskUser(field=spec.name, question=_required(spec))
-        return SkipField(field=spec.name)
+            return _ask(state, spec, _required(spec))
+        return SkipField(field=_here(state, spec))
     if any(_template_regex(t, spec.label).match(text) for t in REFUSE_TEMPLATES):
-        return AskUser(field=spec.name, question=_required(spec))
+        return _ask(state, spec, _required(spec))
     if any(text in phrases for phrases in QUESTION_PHRASES.values()):
-        return AskUser(field=spec.name, question=f"{answer_text(spec)} {ask_text(spec)}")
+        return _ask(state, spec, f"{answer_text(spec)} {ask_text(spec)}")
     for template in sorted(VALUE_TEMPLATES, key=len, reverse=True):
         match = _template_regex(template, spec.label).match(text)
         if match:
-            return SetField(field=spec.name, value=match["value"])
-    return SetField(field=spec.name, value=text)
+            return SetField(field=_here(state, spec), value=match["value"])
+    return SetField(field=_here(state, spec), value=text)
 
 
 def _required(spec: FieldSpec) -> str:
@@ -291,12 +303,28 @@ def expert_action(tape: Tape[Any, Any]) -> Step:
     if isinstance(latest, FieldInvalid) and state.form is not None:
         spec = state.form.field(latest.field)
         if spec is not None:
-            return AskUser(field=spec.name, question=f"{latest.error} {ask_text(spec)}")
+            return _ask(state, spec, f"{latest.error} {ask_text(spec)}")
     if isinstance(latest, FormSubmitted):
         return FinalAnswer(
             answer=f"Your form was submitted. Confirmation number: {latest.confirmation}."
         )
     return _next(state)
+
+
+def slip(step: Step, state: FormState, rng: random.Random) -> Step | None:
+    """A plausible mistake in place of a `set_field`: a value with a typo, or a misspelt
+    field name. None for other steps.
+    """
+    if not isinstance(step, SetField):
+        return None
+    if isinstance(step.value, str) and len(step.value) > 2 and rng.random() < 0.5:
+        return SetField(field=step.field, value=step.value[:-1])
+    name = step.field or state.asked or ""
+    if len(name) < 3:
+        return None
+    cut = rng.randrange(1, len(name))
+    wrong = rng.choice([name[:cut] + name[cut + 1 :], name.replace("_", ""), name + "s"])
+    return SetField(field=wrong, value=step.value) if wrong != name else None
 
 
 class ExpertNode(CompactNode):
@@ -305,23 +333,50 @@ class ExpertNode(CompactNode):
     Each decision is recorded as an `LLMCall` of model "expert": the compact prompt and the
     JSON output that `parse` turns back into the same step, so expert tapes look exactly like
     a student's tapes and export as training data.
+
+    With `slips` > 0 the expert makes that share of its `set_field`s wrong on purpose
+    (`slip`), marking them `metadata.extra["slip"] = True`, and recovers the way it would
+    from anyone's mistake. A student trained on the recoveries, but not on the slips (export
+    with the slips dropped), learns to get back on track after its own mistakes.
     """
+
+    def __init__(self, name: str = "act", *, slips: float = 0.0, seed: int = 0) -> None:
+        super().__init__(name)
+        self.slips = slips
+        self.seed = seed
 
     async def generate(self, agent: Agent, tape: Tape[Any, Any]) -> AsyncIterator[NodeOutput]:
         step = expert_action(tape)
+        parameters: dict[str, Any] = {}
+        if self.slips > 0:
+            rng = random.Random(f"{self.seed}|{tape.metadata.task_id}|{len(tape)}")
+            wrong = slip(step, form_state(tape), rng) if rng.random() < self.slips else None
+            if wrong is not None:
+                step, parameters = wrong, {"slip": True}
+                step.metadata.extra["slip"] = True
         prompt = self.make_prompt(agent, tape)
         output = self.inverse([step])
         call = LLMCall(
-            id=request_hash("expert", {}, prompt), model="expert", prompt=prompt, output=output
+            id=request_hash("expert", parameters, prompt),
+            model="expert",
+            parameters=parameters,
+            prompt=prompt,
+            output=output,
         )
         yield call
         step.metadata.llm_call_id = call.id
         yield step
 
 
-def expert_agent() -> Agent:
-    """The scripted expert teacher (no model; it understands the scripted user's phrasing)."""
-    return Agent("expert", nodes=[ExpertNode("act")])
+def expert_agent(*, slips: float = 0.0, seed: int = 0) -> Agent:
+    """The scripted expert teacher (no model; it understands the scripted user's phrasing).
+
+    Args:
+        slips: Share of field actions it gets wrong on purpose, then recovers from (see
+            `ExpertNode`); 0 for an expert that never errs.
+        seed: Seed of the slips.
+    """
+    return Agent("expert", nodes=[ExpertNode("act", slips=slips, seed=seed)])
 
 
 # ----------------------------------------------------------------------------- LLM teacher

@@ -65,7 +65,7 @@ def user_view(tape: Tape[Any, Any]) -> UserMessage:
         extra["action"] = action.kind
         if isinstance(action, AskUser):
             texts.append(action.question)
-            extra["field"] = action.field
+            extra["field"] = action.field or state.asked
         elif isinstance(action, ConfirmForm):
             lines = [f"Please check the {state.form.name if state.form else ''} form:"]
             if state.form is not None:

@@ -50,8 +50,9 @@ class FormState:
     skipped: set[str] = field(default_factory=set)
     """Optional fields the user chose to leave empty."""
     asked: str | None = None
-    """What the assistant last asked the user: a field name, "confirm", or "" for a question
-    about no field; None before the first question."""
+    """What the assistant last asked the user: a field name (an `ask_user` without one asks
+    about the first field with no value), "confirm", or "" for a question about no field;
+    None before the first question."""
     searched: bool = False
     """Whether the assistant has searched for a form."""
     submitted: FormSubmitted | None = None
@@ -84,7 +85,7 @@ def form_state(tape: Tape[Any, Any] | Sequence[Step]) -> FormState:
         elif isinstance(step, FormSubmitted):
             state.submitted = step
         elif isinstance(step, AskUser):
-            state.asked = step.field or ""
+            state.asked = step.field or (state.remaining[0] if state.remaining else "")
         elif isinstance(step, ConfirmForm):
             state.asked = "confirm"
         elif isinstance(step, FindForm):
@@ -147,12 +148,17 @@ class FormFillerEnvironment(Environment):
                 )
             if isinstance(action, SubmitForm):
                 return self._submit(state)
-            spec = state.form.field(action.field)
+            name = action.field or state.asked
+            spec = state.form.field(name or "")
             if spec is None:
                 names = ", ".join(f.name for f in state.form.fields)
+                problem = (
+                    f"has no field {name!r}"
+                    if action.field
+                    else "has no field the user was asked about; name the field"
+                )
                 return FormError(
-                    error=f"The {state.form.name} form has no field {action.field!r}; "
-                    f"its fields are: {names}."
+                    error=f"The {state.form.name} form {problem}; its fields are: {names}."
                 )
             if isinstance(action, SkipField):
                 if spec.required:

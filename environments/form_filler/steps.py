@@ -4,6 +4,10 @@ Actions: `find_form`, `open_form`, `set_field`, `skip_field` and `submit_form` g
 environment; `ask_user` and `confirm_form` go to the user (they await input: the run stops and
 the user's reply arrives as a `UserMessage`). The assistant ends a dialogue with the core
 `FinalAnswer`. Each environment action is answered by exactly one observation below.
+
+The open form has a cursor, like the focus of a form on screen: `ask_user` without a field asks
+about the first empty field, and `set_field` or `skip_field` without a field act on the field
+the assistant last asked about. Naming the field is needed only to change another one.
 """
 
 from __future__ import annotations
@@ -59,7 +63,7 @@ class AskUser(Action):
     kind: Literal["ask_user"] = "ask_user"
     awaits_input: ClassVar[bool] = True
     field: str | None = None
-    """The field the question is about, if any."""
+    """The field the question is about (default: the first field with no value)."""
     question: str
     """The text shown to the user."""
 
@@ -68,8 +72,8 @@ class SetField(Action):
     """Set or change a field of the open form to the value the user gave."""
 
     kind: Literal["set_field"] = "set_field"
-    field: str
-    """The field's name."""
+    field: str | None = None
+    """The field's name (default: the field last asked about)."""
     value: str | int | float | bool
     """The value, as the user gave it; the form converts and checks it."""
 
@@ -78,7 +82,8 @@ class SkipField(Action):
     """Leave an optional field empty because the user does not want to fill it."""
 
     kind: Literal["skip_field"] = "skip_field"
-    field: str
+    field: str | None = None
+    """The field's name (default: the field last asked about)."""
 
 
 class ConfirmForm(Action):

@@ -50,6 +50,9 @@ class CaseStudyConfig(BaseModel):
     out: Path = Path("runs/form_filler")
     teacher: str = "expert"
     """"expert" (scripted, offline), or a model string for the LLM teacher."""
+    slips: float = 0.15
+    """Share of the expert's `set_field`s made wrong on purpose on the train forms; the student
+    learns the recoveries, not the slips (they are labelled "slip" and left out of the export)."""
     behaviours: list[str] = Field(default_factory=lambda: list(BEHAVIOURS))
     train_seeds: list[int] = Field(default_factory=lambda: [0, 1])
     """One train dialogue per train form, behaviour and seed."""
@@ -66,8 +69,8 @@ class CaseStudyConfig(BaseModel):
     lora_alpha: int = 32
     validation: float = 0.05
     max_new_tokens: int = 128
-    max_turns: int = 30
-    """Most user messages in a test dialogue."""
+    max_turns: int = 20
+    """Most user messages in a test dialogue (the expert needs at most 11)."""
     evaluate_base: bool = True
     seed: int = 0
 
@@ -115,9 +118,9 @@ TAGS = {
 """The tag of each group of tapes in the store (`tapeagents ls --tag student_tuned`)."""
 
 
-def _teacher(config: CaseStudyConfig) -> Agent:
+def _teacher(config: CaseStudyConfig, *, slips: float = 0.0) -> Agent:
     if config.teacher == "expert":
-        return expert_agent()
+        return expert_agent(slips=slips, seed=config.seed)
     return teacher_agent(config.teacher, think=False)  # its tapes must export for the student
 
 
@@ -175,8 +178,13 @@ async def run_case_study(config: CaseStudyConfig) -> CaseStudyResult:
 
     # 1. teacher tapes on the train forms
     start = time.perf_counter()
-    teacher = _teacher(config)
-    train = await _evaluate("teacher train", teacher, train_goals, store, max_turns=30)
+    train = await _evaluate(
+        "teacher train", _teacher(config, slips=config.slips), train_goals, store, max_turns=30
+    )
+    for dialogue in train:  # the deliberate mistakes are not for learning
+        for index, step in enumerate(dialogue.tape.steps):
+            if step.metadata.extra.get("slip"):
+                store.annotate(dialogue.tape.id, index, label="slip", author="case_study")
     seconds["teacher_tapes"] = time.perf_counter() - start
 
     # 2. export them, re-rendered for the student
@@ -187,7 +195,7 @@ async def run_case_study(config: CaseStudyConfig) -> CaseStudyResult:
         training_examples(
             store,
             student_agent(student_llm),
-            Selection(tape_ids=[d.tape.id for d in train], outcome="success"),
+            Selection(tape_ids=[d.tape.id for d in train], outcome="success", drop_labels=["slip"]),
             validation=config.validation,
             seed=config.seed,
             report=report,
@@ -225,7 +233,7 @@ async def run_case_study(config: CaseStudyConfig) -> CaseStudyResult:
     seconds["finetune"] = time.perf_counter() - start
 
     # 4. evaluate on the test forms
-    subjects: dict[str, Agent] = {"teacher": teacher}
+    subjects: dict[str, Agent] = {"teacher": _teacher(config)}
     if config.evaluate_base:
         subjects["base student"] = student_agent(student_llm, name="student_base")
     subjects["fine-tuned student"] = student_agent(
@@ -297,6 +305,8 @@ def main(argv: list[str] | None = None) -> CaseStudyResult:
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
     parser.add_argument("--learning-rate", type=float, default=defaults.learning_rate)
     parser.add_argument("--lora-r", type=int, default=defaults.lora_r)
+    parser.add_argument("--slips", type=float, default=defaults.slips)
+    parser.add_argument("--max-turns", type=int, default=defaults.max_turns)
     parser.add_argument("--no-base", action="store_true", help="skip the base student")
     parser.add_argument("--tiny", action="store_true", help="a minute-long pipeline check")
     args = parser.parse_args(argv)
@@ -314,6 +324,8 @@ def main(argv: list[str] | None = None) -> CaseStudyResult:
         "lora_r": args.lora_r,
         "lora_alpha": 2 * args.lora_r,
         "evaluate_base": not args.no_base,
+        "slips": args.slips,
+        "max_turns": args.max_turns,
     }
     if args.tiny:
         settings.update(TINY)

@@ -201,3 +201,32 @@ async def test_a_teacher_without_the_think_node_exports_for_the_student() -> Non
     assert json.loads(examples[1].output.content) == [
         {"kind": "open_form", "name": "late_checkout"}
     ]
+
+
+async def test_the_expert_recovers_from_its_deliberate_slips(tmp_path) -> None:
+    from tapeagents.export import Selection
+    from tapeagents.store import TapeStore
+
+    store = TapeStore(f"sqlite:///{tmp_path / 'tapes.db'}")
+    dialogues = await evaluate(expert_agent(slips=0.5, seed=1), make_goals(company="bluepeak"))
+    assert all(d.score.correct for d in dialogues)
+    slips = [
+        (d.tape.id, i)
+        for d in dialogues
+        for i, step in enumerate(d.tape.steps)
+        if step.metadata.extra.get("slip")
+    ]
+    assert len(slips) > 5
+    assert sum(d.score.agent_errors + d.score.validation_errors for d in dialogues) > 0
+    for dialogue in dialogues:
+        store.save(dialogue.tape)
+    for tape_id, index in slips:
+        store.annotate(tape_id, index, label="slip")
+    report = ExportReport()
+    student = student_agent(ScriptedLLM(["x"]))
+    examples = list(
+        training_examples(store, student, Selection(drop_labels=["slip"]), report=report)
+    )
+    assert report.skipped["step labelled 'slip'"] == len(slips) and report.problems == []
+    slipped = {(tape_id, index) for tape_id, index in slips}
+    assert not any((e.tape_id, e.start) in slipped for e in examples)

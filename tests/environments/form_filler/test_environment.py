@@ -158,3 +158,24 @@ def test_every_action_gets_exactly_one_observation_in_a_run() -> None:
         "final_answer",
     ]
     assert result.tape.pending_actions() == []
+
+
+def test_the_cursor_names_the_field_when_the_action_does_not() -> None:
+    from tapeagents.environments.form_filler import AskUser
+
+    tape = opened()
+    tape.append(AskUser(question="How much should the card be worth?"))
+    assert form_state(tape).asked == "amount"  # the first field with no value
+    assert act(tape, SetField(value="50")).field == "amount"
+    tape.append(AskUser(question="Who is it for?"))
+    assert form_state(tape).asked == "recipient_name"
+    act(tape, SetField(value="Chen Wei"))
+    tape.append(AskUser(field="gift_message", question="A message?"))
+    assert isinstance(act(tape, SkipField()), FieldSkipped)
+    assert form_state(tape).skipped == {"gift_message"}
+
+
+def test_a_field_is_needed_when_nothing_was_asked() -> None:
+    tape = opened()
+    error = act(tape, SetField(value="50"))
+    assert isinstance(error, FormError) and "name the field" in error.error
