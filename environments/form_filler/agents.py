@@ -6,11 +6,13 @@
 - `student_agent(llm)`: one `CompactNode` for a small model (SmolLM2-135M): a prompt of a few
   lines (the open form's remaining fields with their allowed values, the last thing asked, the
   latest message) and one JSON action as the answer. Values to copy appear verbatim in the
-  user's message, and names, options and formats appear in the prompt.
+  user's message; names, options and formats appear in the prompt; and thanks to the form's
+  cursor most actions need no field name at all.
 - `expert_agent()`: writes the actions a perfect student would write, from the tape alone
   (it understands the scripted user's phrasing), through an `ExpertNode` that records each
   decision as an LLM call of the compact node: a prompt, and the output that the node's
-  `parse` turns into exactly those steps. Its tapes are training data for the student.
+  `parse` turns into exactly those steps. Its tapes are training data for the student; with
+  `slips` it also shows how to recover from mistakes.
 """
 
 from __future__ import annotations
