@@ -314,19 +314,34 @@ def expert_action(tape: Tape[Any, Any]) -> Step:
 
 
 def slip(step: Step, state: FormState, rng: random.Random) -> Step | None:
-    """A plausible mistake in place of a `set_field`: a value with a typo, or a misspelt
-    field name. None for other steps.
+    """A plausible mistake in place of `step`, or None for steps that have none.
+
+    A `set_field` gets a value with a typo or a misspelt field name; an `ask_user` or a
+    `confirm_form` becomes a question about a misspelt field, which the user does not
+    understand.
     """
-    if not isinstance(step, SetField):
-        return None
-    if isinstance(step.value, str) and len(step.value) > 2 and rng.random() < 0.5:
-        return SetField(field=step.field, value=step.value[:-1])
-    name = step.field or state.asked or ""
+    if isinstance(step, SetField):
+        if isinstance(step.value, str) and len(step.value) > 2 and rng.random() < 0.5:
+            return SetField(field=step.field, value=step.value[:-1])
+        wrong = _misspelt(step.field or state.asked or "", rng)
+        return SetField(field=wrong, value=step.value) if wrong else None
+    if isinstance(step, AskUser | ConfirmForm):
+        if isinstance(step, AskUser):
+            name = step.field or (state.remaining[0] if state.remaining else "")
+        else:
+            name = next(reversed(state.values), "")
+        wrong = _misspelt(name, rng)
+        if wrong:
+            return AskUser(field=wrong, question=f"What is the {wrong.replace('_', ' ')}?")
+    return None
+
+
+def _misspelt(name: str, rng: random.Random) -> str | None:
     if len(name) < 3:
         return None
     cut = rng.randrange(1, len(name))
     wrong = rng.choice([name[:cut] + name[cut + 1 :], name.replace("_", ""), name + "s"])
-    return SetField(field=wrong, value=step.value) if wrong != name else None
+    return wrong if wrong != name else None
 
 
 class ExpertNode(CompactNode):
@@ -336,7 +351,7 @@ class ExpertNode(CompactNode):
     JSON output that `parse` turns back into the same step, so expert tapes look exactly like
     a student's tapes and export as training data.
 
-    With `slips` > 0 the expert makes that share of its `set_field`s wrong on purpose
+    With `slips` > 0 the expert makes that share of its field actions wrong on purpose
     (`slip`), marking them `metadata.extra["slip"] = True`, and recovers the way it would
     from anyone's mistake. A student trained on the recoveries, but not on the slips (export
     with the slips dropped), learns to get back on track after its own mistakes.

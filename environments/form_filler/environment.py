@@ -75,7 +75,8 @@ def form_state(tape: Tape[Any, Any] | Sequence[Step]) -> FormState:
             state.form = Form(
                 name=step.name, description=step.description, parameters=step.parameters
             )
-            state.values, state.skipped, state.submitted = {}, set(), None
+            state.values, state.skipped = dict(step.values), set(step.skipped)
+            state.submitted = None
         elif isinstance(step, FieldSet):
             state.values[step.field] = step.value
             state.skipped.discard(step.field)
@@ -134,8 +135,15 @@ class FormFillerEnvironment(Environment):
                     error=f"There is no form called {action.name!r}. Use find_form to search; "
                     f"the forms are: {known}."
                 )
+            state = form_state(tape)
+            again = state.form is not None and state.form.name == form.name
+            keep = again and state.submitted is None  # reopening shows the form, not a new one
             return FormOpened(
-                name=form.name, description=form.description, parameters=form.parameters
+                name=form.name,
+                description=form.description,
+                parameters=form.parameters,
+                values=dict(state.values) if keep else {},
+                skipped=sorted(state.skipped) if keep else [],
             )
         if isinstance(action, SetField | SkipField | SubmitForm):
             state = form_state(tape)

@@ -192,6 +192,58 @@ def _invalid_value(spec: FieldSpec, valid: str) -> str | None:
     return None
 
 
+_WORDS = """amber anchor apple arrow autumn basket beacon berry blanket bottle bridge bright
+broken button cable candle canvas carbon cedar chalk cherry cloud cobalt copper coral cotton
+crystal daisy desert dinner echo ember engine fabric falcon feather fern field forest fossil
+frame garden garnet ginger glass golden granite harbor hazel helmet honey island ivory jacket
+jasmine kettle ladder lantern lemon linen maple marble meadow metal mint mirror morning
+needle north ocean olive orbit paper pebble pepper pillow pine planet pocket quiet rabbit
+river rocket saddle silver slate smoke spring stone summer sunset timber tulip velvet walnut
+willow window winter yellow""".split()
+_FIRST = (
+    "Ana Ben Carla David Elena Farid Grace Hugo Ines Jonas Kira Liam Maya Noor Omar Paula".split()
+)
+_LAST = "Ruiz Novak Tanaka Okafor Berg Costa Dubois Fischer Haddad Ivanova Jensen Kim Lopez".split()
+_STREETS = "Street Road Lane Avenue Way".split()
+
+
+def _made_up_value(spec: FieldSpec, rng: random.Random) -> str | None:
+    """A random valid value for `spec` that its examples do not list, or None."""
+    value: str
+    if spec.enum is not None:
+        value = _as_text(rng.choice(spec.enum))
+    elif spec.type == "boolean":
+        value = rng.choice(["yes", "no"])
+    elif spec.format == "date":
+        value = f"{rng.randint(2024, 2026)}-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d}"
+    elif spec.format == "email":
+        first, last = rng.choice(_FIRST).lower(), rng.choice(_LAST).lower()
+        value = f"{first}.{last}@{rng.choice(['example.com', 'example.org', 'mail.test'])}"
+    elif spec.type in ("integer", "number"):
+        low = int(spec.schema_.get("minimum", 0))
+        high = int(min(spec.schema_.get("maximum", low + 1000), low + 1000))
+        value = str(rng.randint(max(low, 1) if high > 1 else low, high))
+        if spec.type == "number" and rng.random() < 0.3:
+            value = f"{value}.5"
+    elif "pattern" in spec.schema_ and spec.examples:
+        value = re.sub(r"[0-9]", lambda _: str(rng.randint(0, 9)), str(rng.choice(spec.examples)))
+    elif "name" in spec.name and "company" not in spec.name:
+        value = f"{rng.choice(_FIRST)} {rng.choice(_LAST)}"
+    elif "address" in spec.name:
+        town = rng.choice(_WORDS).capitalize() + rng.choice(["ton", "field", "ville", " Hills"])
+        street = f"{rng.choice(_WORDS).capitalize()} {rng.choice(_STREETS)}"
+        value = f"{rng.randint(1, 300)} {street} {town}"
+    else:
+        value = " ".join(rng.sample(_WORDS, rng.randint(2, 4)))
+        if "company" in spec.name:
+            value = value.title() + rng.choice([" Ltd", " Inc", " and Co"])
+    try:
+        check_value(spec, value)
+    except FieldError:
+        return None
+    return value
+
+
 def _rejects(spec: FieldSpec, value: str) -> bool:
     try:
         check_value(spec, value)
@@ -201,9 +253,18 @@ def _rejects(spec: FieldSpec, value: str) -> bool:
 
 
 def make_goal(
-    form: Form | None, behaviour: Behaviour, seed: int = 0, *, company: str = ""
+    form: Form | None,
+    behaviour: Behaviour,
+    seed: int = 0,
+    *,
+    company: str = "",
+    vary: bool = False,
 ) -> UserGoal:
     """A user goal for `form` with `behaviour`, deterministic in `seed`.
+
+    Values come from the fields' `examples`; with `vary`, most are made up instead (random
+    dates, numbers in range, names, phrases, codes with other digits), so that training
+    dialogues show many more values than the forms list.
 
     Raises `UsageError` when the form has no field the behaviour can apply to.
     """
@@ -230,7 +291,8 @@ def make_goal(
             raise UsageError(f"Field {form.name}.{spec.name} needs `examples` in its schema.")
         coin = behaviour != "skip_optional" and rng.random() < 0.5
         if spec.required or behaviour == "happy" or coin:
-            values[spec.name] = rng.choice(options)
+            made_up = _made_up_value(spec, rng) if vary and rng.random() < 0.8 else None
+            values[spec.name] = made_up or rng.choice(options)
     goal_field: str | None = None
     first_value: str | None = None
     if behaviour == "invalid_value":
@@ -253,7 +315,10 @@ def make_goal(
         ]
         if eligible:
             spec = rng.choice(eligible)
-            others = sorted({_as_text(e) for e in spec.examples} - {values[spec.name]})
+            pool = {_as_text(e) for e in spec.examples}
+            if vary and (made_up := _made_up_value(spec, rng)):
+                pool.add(made_up)
+            others = sorted(pool - {values[spec.name]})
             goal_field, first_value = spec.name, values[spec.name]
             values[spec.name] = rng.choice(others)
     elif behaviour == "refuses_value":
@@ -282,10 +347,11 @@ def make_goals(
     behaviours: Sequence[Behaviour] = BEHAVIOURS,
     seeds: Sequence[int] = (0,),
     company: str | None = None,
+    vary: bool = False,
 ) -> list[UserGoal]:
     """One goal per form of the split (or company), behaviour and seed, in a stable order."""
     return [
-        make_goal(form, behaviour, seed)
+        make_goal(form, behaviour, seed, vary=vary)
         for seed in seeds
         for form in forms(split, company=company)
         for behaviour in behaviours

@@ -123,12 +123,16 @@ class FormCandidates(Observation):
 
 
 class FormOpened(Observation):
-    """A form is open: its description and the JSON schema of its fields."""
+    """A form is open: its description, the JSON schema of its fields and its values."""
 
     kind: Literal["form_opened"] = "form_opened"
     name: str
     description: str
     parameters: dict[str, Any]
+    values: dict[str, Any] = Field(default_factory=dict)
+    """The values it holds: empty for a new form, kept when the open form is opened again."""
+    skipped: list[str] = Field(default_factory=list)
+    """Optional fields left empty so far (when the open form is opened again)."""
 
 
 class FieldSet(Observation):

@@ -56,13 +56,15 @@ class CaseStudyConfig(BaseModel):
     behaviours: list[str] = Field(default_factory=lambda: list(BEHAVIOURS))
     train_seeds: list[int] = Field(default_factory=lambda: [0, 1])
     """One train dialogue per train form, behaviour and seed."""
+    vary_values: bool = True
+    """Train users make up most of their values instead of taking the forms' examples."""
     test_seeds: list[int] = Field(default_factory=lambda: [0])
     max_train_dialogues: int | None = None
     max_test_dialogues: int | None = None
     student_model: str = "smollm2-135m"
-    max_steps: int | None = None
-    """Optimizer steps (default: `epochs` over the examples)."""
-    epochs: float = 2.0
+    max_steps: int | None = 400
+    """Optimizer steps (None: `epochs` over the examples)."""
+    epochs: float = 1.0
     batch_size: int = 8
     learning_rate: float = 1e-3
     lora_r: int = 16
@@ -171,7 +173,9 @@ async def run_case_study(config: CaseStudyConfig) -> CaseStudyResult:
     config.out.mkdir(parents=True, exist_ok=True)
     store = TapeStore(f"sqlite:///{config.out / 'tapes.db'}")
     behaviours: Any = tuple(config.behaviours)
-    train_goals = make_goals("train", behaviours=behaviours, seeds=config.train_seeds)
+    train_goals = make_goals(
+        "train", behaviours=behaviours, seeds=config.train_seeds, vary=config.vary_values
+    )
     test_goals = make_goals("test", behaviours=behaviours, seeds=config.test_seeds)
     train_goals = train_goals[: config.max_train_dialogues]
     test_goals = test_goals[: config.max_test_dialogues]
@@ -300,7 +304,7 @@ def main(argv: list[str] | None = None) -> CaseStudyResult:
     parser.add_argument("--test-seeds", type=int, nargs="+", default=defaults.test_seeds)
     parser.add_argument("--max-train-dialogues", type=int, default=None)
     parser.add_argument("--max-test-dialogues", type=int, default=None)
-    parser.add_argument("--max-steps", type=int, default=None)
+    parser.add_argument("--max-steps", type=int, default=defaults.max_steps)
     parser.add_argument("--epochs", type=float, default=defaults.epochs)
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
     parser.add_argument("--learning-rate", type=float, default=defaults.learning_rate)

@@ -208,7 +208,8 @@ async def test_the_expert_recovers_from_its_deliberate_slips(tmp_path) -> None:
     from tapeagents.store import TapeStore
 
     store = TapeStore(f"sqlite:///{tmp_path / 'tapes.db'}")
-    dialogues = await evaluate(expert_agent(slips=0.5, seed=1), make_goals(company="bluepeak"))
+    expert = expert_agent(slips=0.3, seed=1)
+    dialogues = await evaluate(expert, make_goals(company="bluepeak"), max_turns=40)
     assert all(d.score.correct for d in dialogues)
     slips = [
         (d.tape.id, i)

@@ -179,3 +179,14 @@ def test_a_field_is_needed_when_nothing_was_asked() -> None:
     tape = opened()
     error = act(tape, SetField(value="50"))
     assert isinstance(error, FormError) and "name the field" in error.error
+
+
+def test_opening_the_open_form_again_keeps_its_values() -> None:
+    tape = opened()
+    act(tape, SetField(field="amount", value="50"))
+    act(tape, SkipField(field="gift_message"))
+    again = act(tape, OpenForm(name="buy_gift_card"))
+    assert again.values == {"amount": 50} and again.skipped == ["gift_message"]
+    assert form_state(tape).values == {"amount": 50}
+    act(tape, OpenForm(name="track_order"))
+    assert act(tape, OpenForm(name="buy_gift_card")).values == {}  # another form was opened

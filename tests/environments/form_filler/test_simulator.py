@@ -138,3 +138,18 @@ async def test_an_unclear_question_gets_an_unclear_answer() -> None:
 def test_goal_round_trips_through_json() -> None:
     goal = make_goal(get_form("book_room"), "changes_mind")
     assert UserGoal.model_validate_json(goal.model_dump_json()) == goal
+
+
+def test_varied_goals_make_up_valid_values_the_forms_do_not_list() -> None:
+    from tapeagents.environments.form_filler import check_value
+
+    goals = make_goals("train", vary=True)
+    made_up = 0
+    for goal in goals:
+        form = get_form(goal.form)
+        for name, value in goal.values.items():
+            spec = form.field(name)
+            check_value(spec, value)
+            made_up += value not in [str(e) for e in spec.examples] + ["yes", "no"]
+    assert made_up > len(goals)
+    assert make_goals("train", vary=True) == goals
