@@ -408,6 +408,9 @@ class LocalLLM(LLM):
                     "ignore", ".*is_gradient_checkpointing.* is deprecated", FutureWarning
                 )
                 model = peft_model.from_pretrained(model, str(Path(self.adapter).expanduser()))
+            # Fold the LoRA weights in: same answers, and generation runs at the base model's
+            # speed instead of paying for the adapter's extra matmuls on every token.
+            model = model.merge_and_unload()
         model.eval()
         loaded = _describe_loaded(
             model, tokenizer, model.config, model.generation_config, device=device, path=path
