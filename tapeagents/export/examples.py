@@ -71,27 +71,62 @@ class TrainingExample(BaseModel):
     output: LLMOutput
     """The answer: text and tool calls, as the node's `inverse` writes the steps."""
     split: Literal["train", "validation"] = "train"
-    _parts: tuple[list[str], str, str] | None = PrivateAttr(default=None)
+    _texts: _Texts | None = PrivateAttr(default=None)
 
     def messages(self) -> list[dict[str, Any]]:
         """The request's messages followed by the answer as an assistant message."""
         return [*self.prompt.messages, self.output.as_message()]
 
     def key(self) -> str:
-        """Content hash of request and answer: equal examples have equal keys."""
-        messages, tools, output = self._json_parts()
-        text = "\n".join([*messages, tools, output])
-        return hashlib.sha256(text.encode()).hexdigest()[:32]
+        """Content hash of request and answer: equal examples have equal keys.
 
-    def _json_parts(self) -> tuple[list[str], str, str]:
-        """JSON texts of the messages, the tools and the answer (computed once)."""
-        if self._parts is None:
-            self._parts = (
-                [_dumps(m) for m in self.prompt.messages],
-                _dumps(self.prompt.tools),
-                _dumps(self.output.as_message()),
-            )
-        return self._parts
+        The SHA-256 of the JSON texts of the messages, the tools and the answer, one a line.
+        """
+        texts = self._json_texts()
+        if texts.key is None:
+            digest = texts.prefix_hash.copy()
+            digest.update(f"{texts.tools}\n{texts.output}".encode())
+            texts.key = digest.hexdigest()[:32]
+        return texts.key
+
+    def _json_texts(self) -> _Texts:
+        """The JSON texts of the example (made once, shared by the examples of a tape)."""
+        # Read directly: pydantic finds a private attribute only after a failed lookup, which
+        # costs more than the export spends on most examples.
+        texts: _Texts | None = self.__pydantic_private__["_texts"]  # type: ignore[index]
+        if texts is None:
+            _share_json([self])
+            texts = self.__pydantic_private__["_texts"]  # type: ignore[index]
+        return texts
+
+
+class _Texts:
+    """An example's JSON texts, made once per tape: the examples of a tape are prefixes of one
+    another, so each message is serialized (and hashed) once, not once per example."""
+
+    __slots__ = ("ids", "key", "line", "messages", "output", "prefix_hash", "tools")
+
+    def __init__(
+        self,
+        ids: list[int],
+        messages: list[str],
+        line: str,
+        prefix_hash: Any,
+        tools: str,
+        output: str,
+    ) -> None:
+        self.ids = ids
+        """`id` of each request message (the messages a text was made from)."""
+        self.messages = messages
+        """JSON text of each request message."""
+        self.line = line
+        """The request messages as the chat JSONL writes them: comma-separated, earlier
+        assistant messages with `"weight": 0`."""
+        self.prefix_hash = prefix_hash
+        """SHA-256 state after the message texts, one a line (the start of `key`)."""
+        self.tools = tools
+        self.output = output
+        self.key: str | None = None
 
 
 class ExportProblem(BaseModel):
@@ -208,6 +243,30 @@ def tape_examples(
     Returns:
         The examples, in tape order (all with `split="train"`).
     """
+    return _examples_of(
+        tape,
+        agent,
+        source_agent=source_agent,
+        selection=selection,
+        report=report,
+        on_problem=on_problem,
+        annotations=annotations,
+        split="train",
+    )
+
+
+def _examples_of(
+    tape: Tape[Any, Any],
+    agent: Agent,
+    *,
+    source_agent: str | None,
+    selection: Selection | None,
+    report: ExportReport | None,
+    on_problem: OnProblem,
+    annotations: Sequence[Annotation],
+    split: Literal["train", "validation"],
+) -> list[TrainingExample]:
+    """`tape_examples`, with the examples on the given side of the split."""
     report = report if report is not None else ExportReport()
     steps = tape.steps
     source = source_agent or _first_agent(steps)
@@ -287,7 +346,7 @@ def tape_examples(
             llm_call_id=item.llm_call_id,
             prompt=prompts[item.start],
             output=item.output,
-            split="train",
+            split=split,
         )
         for item in pending
         if item.start in prompts
@@ -297,18 +356,45 @@ def tape_examples(
 
 
 def _share_json(examples: Sequence[TrainingExample]) -> None:
-    """Serialize each message once per tape: the prompts of one node share their messages."""
-    cache: dict[int, str] = {}
+    """Serialize each message once per tape.
 
-    def text(value: Any) -> str:
-        found = cache.get(id(value))  # the examples keep every value alive: ids stay unique
-        if found is None:
-            found = cache[id(value)] = _dumps(value)
-        return found
-
+    The prompts of one node share their message dicts, and each prompt usually starts with the
+    previous one's messages: then its texts, its chat JSONL line and its hash continue the
+    previous example's instead of starting over. Texts are reused by the identity of the message
+    dicts, never by equality (equal dicts may still serialize differently).
+    """
+    cache: dict[int, tuple[str, str]] = {}  # id(message) -> (JSON, as written in a chat line)
+    previous: _Texts | None = None
     for example in examples:
-        example._parts = (
-            [text(message) for message in example.prompt.messages],
+        messages = example.prompt.messages
+        ids = list(map(id, messages))
+        start = 0
+        if previous is not None and ids[: len(previous.ids)] == previous.ids:
+            start = len(previous.ids)
+        texts, lines = [], []
+        for message, key in zip(messages[start:], ids[start:], strict=True):
+            found = cache.get(key)  # the examples keep every message alive: ids stay unique
+            if found is None:
+                text = _dumps(message)
+                line = text[:-1] + ', "weight": 0}' if message.get("role") == "assistant" else text
+                found = cache[key] = (text, line)
+            texts.append(found[0])
+            lines.append(found[1])
+        if start:
+            assert previous is not None
+            texts = previous.messages + texts
+            line = ", ".join([previous.line, *lines]) if lines else previous.line
+            digest = previous.prefix_hash.copy()
+        else:
+            line = ", ".join(lines)
+            digest = hashlib.sha256()
+        if len(texts) > start:
+            digest.update("".join(f"{text}\n" for text in texts[start:]).encode())
+        example.__pydantic_private__["_texts"] = previous = _Texts(  # type: ignore[index]
+            ids,
+            texts,
+            line,
+            digest,
             _tools_text(example.prompt.tools),
             _dumps(example.output.as_message()),
         )
@@ -427,8 +513,22 @@ def _describe(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}"
 
 
-def _dumps(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False)
+def _make_dumps() -> Callable[[Any], str]:
+    """`json.dumps(value, ensure_ascii=False)`, without building an encoder at every call.
+
+    The export serializes hundreds of thousands of small messages: this uses the C encoder that
+    `json.dumps` uses, with the same settings, made once.
+    """
+    from json.encoder import JSONEncoder, c_make_encoder, encode_basestring
+
+    if c_make_encoder is None:  # a Python without the C accelerator
+        return lambda value: json.dumps(value, ensure_ascii=False)
+    default = JSONEncoder().default  # raises the TypeError that json.dumps raises
+    encode = c_make_encoder(None, default, encode_basestring, None, ": ", ", ", False, False, True)
+    return lambda value: "".join(encode(value, 0))
+
+
+_dumps = _make_dumps()
 
 
 # ----------------------------------------------------------------------------- many tapes
@@ -478,7 +578,8 @@ def training_examples(
     seen: set[str] = set()
     for chosen in select_tapes(source, selection, split_by=split_by):
         report.tapes += 1
-        examples = tape_examples(
+        side = split_of(chosen.group, validation=validation, seed=seed)
+        examples = _examples_of(
             chosen.tape,
             agent,
             source_agent=source_agent or _source_of(chosen.tape, chosen.agent),
@@ -486,21 +587,26 @@ def training_examples(
             report=report,
             on_problem=on_problem,
             annotations=chosen.annotations,
+            split=side,
         )
-        side = split_of(chosen.group, validation=validation, seed=seed)
-        used = False
-        for example in examples:
-            if dedupe:
+        if dedupe:
+            kept = []
+            for example in examples:
                 key = example.key()
                 if key in seen:
                     report.skip("duplicate")
-                    continue
-                seen.add(key)
-            example.split = side
-            report.add(example)
-            used = True
-            yield example
-        report.tapes_used += used
+                else:
+                    seen.add(key)
+                    kept.append(example)
+            examples = kept
+        if examples:  # counted per tape, before its examples are handed out
+            report.examples += len(examples)
+            if side == "train":
+                report.train += len(examples)
+            else:
+                report.validation += len(examples)
+            report.tapes_used += 1
+        yield from examples
 
 
 def _source_of(tape: Tape[Any, Any], stored_agent: str | None) -> str | None:

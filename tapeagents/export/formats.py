@@ -36,25 +36,14 @@ def chat_record(example: TrainingExample) -> dict[str, Any]:
     return record
 
 
-def _chat_line(example: TrainingExample, weighted: dict[int, tuple[str, str]]) -> str:
-    """`json.dumps(chat_record(example))`, from the texts the example already made for its key.
-
-    `weighted` caches the `"weight": 0` version of each assistant message text (by the text's
-    id: the examples of a tape share their texts); the caller clears it between tapes.
-    """
-    messages, tools, output = example._json_parts()
-    parts = []
-    for message, text in zip(example.prompt.messages, messages, strict=True):
-        if message.get("role") == "assistant":
-            found = weighted.get(id(text))
-            if found is None:
-                found = weighted[id(text)] = (text, text[:-1] + ', "weight": 0}')
-            text = found[1]
-        parts.append(text)
-    parts.append(output)
-    line = '{"messages": [' + ", ".join(parts) + "]"
+def _chat_line(example: TrainingExample) -> str:
+    """`json.dumps(chat_record(example))`, from the texts the export made once per tape."""
+    texts = example._json_texts()
+    line = '{"messages": [' + (
+        f"{texts.line}, {texts.output}]" if texts.line else f"{texts.output}]"
+    )
     if example.prompt.tools:
-        line += ', "tools": ' + tools
+        line += ', "tools": ' + texts.tools
     return line + "}\n"
 
 
@@ -74,28 +63,26 @@ def write_chat_jsonl(
         Counts of what was written (the exporter's report has the rest).
     """
     written = ExportReport()
+    counts = {"train": 0, "validation": 0}
     files: dict[str, IO[str]] = {}
     try:
         files["train"] = _open(path)
         if validation_path is not None:
             files["validation"] = _open(validation_path)
-        weighted: dict[int, tuple[str, str]] = {}
-        tape_id = None
         for example in examples:
             out = files.get(example.split)
             if out is None:
                 written.skip("validation examples without a validation file")
                 continue
-            if example.tape_id != tape_id:
-                tape_id = example.tape_id
-                weighted.clear()
-            out.write(_chat_line(example, weighted))
-            written.add(example)
+            out.write(_chat_line(example))
+            counts[example.split] += 1
             if on_example is not None:
                 on_example(example)
     finally:
         for out in files.values():
             out.close()
+    written.train, written.validation = counts["train"], counts["validation"]
+    written.examples = written.train + written.validation
     return written
 
 

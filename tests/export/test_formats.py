@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import pytest
 from tapeagents.errors import UsageError
 from tapeagents.export import (
     ExportReport,
+    TrainingExample,
     chat_record,
     read_chat_jsonl,
     tape_examples,
@@ -17,7 +19,7 @@ from tapeagents.export import (
     training_examples,
     write_chat_jsonl,
 )
-from tests.export.agents import calc_agent, json_agent, solve
+from tests.export.agents import boss_agent, calc_agent, json_agent, planner_agent, solve
 
 
 def test_chat_record_is_an_openai_fine_tuning_record() -> None:
@@ -47,6 +49,34 @@ def test_jsonl_lines_equal_the_records(tmp_path: Path) -> None:
     assert written.examples == len(lines) == 8
     assert [json.loads(line) for line in lines] == [chat_record(e) for e in examples]
     assert read_chat_jsonl(tmp_path / "train.jsonl")[0] == chat_record(examples[0])
+
+
+def test_lines_and_keys_equal_their_definitions_for_every_kind_of_prompt(tmp_path: Path) -> None:
+    """The writer builds each line (and the de-duplication key) from texts shared by the examples
+    of a tape; whatever the prompts share, they must equal `json.dumps` of the record and the
+    hash of the JSON texts."""
+    calc, arith = calc_agent(), json_agent()
+    tapes = [solve(None, calc, 2, 5), solve(None, arith, 1, 2)]
+    tapes += [solve(None, agent, 3, 4) for agent in (planner_agent(), boss_agent())]
+    unicode = solve(None, calc, 6, 7)  # non-ASCII text is written as is
+    unicode.steps[0] = unicode.steps[0].model_copy(update={"content": "Combien font 6 + 7 ? ✓"})
+    tapes.append(unicode)
+    agents = [calc, arith, planner_agent(), boss_agent(), calc]
+    examples = [
+        e for tape, agent in zip(tapes, agents, strict=True) for e in tape_examples(tape, agent)
+    ]
+    assert len(examples) >= 10
+    write_chat_jsonl(examples, tmp_path / "all.jsonl")
+    lines = (tmp_path / "all.jsonl").read_text(encoding="utf-8").splitlines()
+    assert lines == [json.dumps(chat_record(e), ensure_ascii=False) for e in examples]
+    assert "✓" in lines[-1]
+    for example in examples:
+        values = [*example.prompt.messages, example.prompt.tools, example.output.as_message()]
+        texts = [json.dumps(value, ensure_ascii=False) for value in values]
+        expected = hashlib.sha256("\n".join(texts).encode()).hexdigest()[:32]
+        assert example.key() == expected
+        alone = TrainingExample.model_validate(example.model_dump())  # texts of its own
+        assert alone.key() == expected
 
 
 def test_validation_examples_go_to_their_own_file_or_are_counted(tmp_path: Path) -> None:
