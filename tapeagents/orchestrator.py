@@ -14,7 +14,8 @@ that says why:
 
 Resuming is calling `run` again on the tape (or on a fork of any prefix of it, or an edited
 copy): the tape is the whole state. With `store=`, each step (and the LLM call it came from) is
-written in its own transaction before anything else happens, and the tape's status says how
+committed before anything else happens (concurrent runs in one event loop share commits:
+`tapeagents.store.group`), and the tape's status says how
 the run ended; a tape still marked "running" was interrupted, and its unanswered actions get
 an "interrupted" observation when it is resumed (they are not performed twice).
 """
@@ -23,9 +24,9 @@ from __future__ import annotations
 
 import asyncio
 import traceback
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal
 
 from tapeagents.agent import Agent
 from tapeagents.core import (
@@ -59,7 +60,6 @@ __all__ = [
     "run_sync",
 ]
 
-T = TypeVar("T")
 
 StopReason = Literal["stopped", "awaiting_input", "no_environment", "max_steps", "error"]
 
@@ -218,28 +218,11 @@ class _Recorder:
         self.store = store
         self._unsaved_calls: list[LLMCall] = []
 
-    async def _call(self, method: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Run a store method: inline when it is sub-millisecond (SQLite), else in a thread.
-
-        A write in a thread cannot be stopped halfway, so a cancelled run waits for it: when the
-        cancellation goes on, the store no longer changes behind the caller's back.
-        """
-        assert self.store is not None
-        if self.store.writes_inline:
-            return method(*args, **kwargs)
-        write = asyncio.ensure_future(asyncio.to_thread(method, *args, **kwargs))
-        try:
-            return await asyncio.shield(write)
-        except asyncio.CancelledError:
-            await asyncio.wait([write])
-            raise
-
     async def start(self, agent_name: str) -> None:
         if self.store is None:
             return
-        interrupted = await self._call(self.store.status, self.tape.id) == "running"
-        await self._call(self.store.save, self.tape, status="running", agent=agent_name)
-        if interrupted:
+        before = await self.store.asave(self.tape, status="running", agent=agent_name)
+        if before == "running":  # the last run on this tape was interrupted
             for action in self.tape.pending_actions():
                 if not action.awaits_input:
                     await self.append(
@@ -259,17 +242,15 @@ class _Recorder:
         index = len(self.tape) - 1
         if self.store is not None:
             calls, self._unsaved_calls = self._unsaved_calls, []
-            await self._call(self.store.append_steps, self.tape.id, index, [step], calls)
+            await self.store.aappend_steps(self.tape.id, index, [step], calls)
         return StepAppended(step, index)
 
     async def finish(self, reason: str) -> None:
         if self.store is not None:
             if self._unsaved_calls:
-                await self._call(self.store.save_llm_calls, self._unsaved_calls)
+                await self.store.asave_llm_calls(self._unsaved_calls)
                 self._unsaved_calls = []
-            await self._call(
-                self.store.set_status, self.tape.id, reason, metadata=self.tape.metadata
-            )
+            await self.store.aset_status(self.tape.id, reason, metadata=self.tape.metadata)
 
 
 def run_sync(

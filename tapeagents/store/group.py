@@ -1,0 +1,113 @@
+"""Group commit: the writes that concurrent runs of one event loop make, committed together.
+
+A batch of 64 sessions appends a step every couple of milliseconds. Committing each step in
+its own transaction makes the commit (and, on PostgreSQL, its round trips and the flush to
+disk) the largest cost of a stored run. Instead, the writes queued while the event loop is busy
+share one transaction; each writer still waits until its own write is committed, so a step is
+durable before it is reported, exactly as with one transaction per write.
+
+If the shared transaction fails, each write is retried in a transaction of its own, so one
+conflicting write (another process appended to that tape) fails alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from sqlalchemy.engine import Connection
+
+if TYPE_CHECKING:
+    from tapeagents.store.store import TapeStore
+
+__all__ = ["GroupCommit"]
+
+T = TypeVar("T")
+Write = Callable[[Connection], Any]
+
+
+class GroupCommit:
+    """The queue of one event loop's writes to one store (see the module docstring).
+
+    On SQLite (`store.writes_inline`) a group is committed in the loop itself, once the
+    callbacks that are ready have run; elsewhere in a worker thread, while the next group
+    gathers.
+    """
+
+    def __init__(self, store: TapeStore, loop: asyncio.AbstractEventLoop) -> None:
+        self.store = store
+        self.loop = loop
+        self._queue: list[tuple[Write, asyncio.Future[Any]]] = []
+        self._scheduled = False
+        self.groups = 0
+        """Transactions committed so far (for benchmarks and tests)."""
+        self.writes = 0
+        """Writes committed so far."""
+
+    async def write(self, write: Callable[[Connection], T]) -> T:
+        """Run `write` in the next group's transaction; return once it is committed.
+
+        A cancelled caller still waits for its write to finish, so the store never changes
+        behind its back after the cancellation goes on.
+        """
+        done: asyncio.Future[T] = self.loop.create_future()
+        self._queue.append((write, done))
+        if not self._scheduled:
+            self._scheduled = True
+            self.loop.call_soon(self._start)
+        try:
+            return await asyncio.shield(done)
+        except asyncio.CancelledError:
+            if not done.done():
+                await asyncio.wait([done])
+            raise
+
+    def _start(self) -> None:
+        group, self._queue = self._queue, []
+        if self.store.writes_inline:
+            self._scheduled = False
+            self._finish(group, self._commit(group))
+            return
+        thread = self.loop.run_in_executor(None, self._commit, group)
+        thread.add_done_callback(lambda outcome: self._threaded_done(group, outcome))
+
+    def _threaded_done(self, group: list[Any], outcome: asyncio.Future[list[Any]]) -> None:
+        error = outcome.exception()  # `_commit` catches failures; this is for the unforeseen
+        self._finish(group, [(False, error)] * len(group) if error else outcome.result())
+        if self._queue:  # gathered while the thread was committing
+            self.loop.call_soon(self._start)
+        else:
+            self._scheduled = False
+
+    def _commit(self, group: list[tuple[Write, Any]]) -> list[tuple[bool, Any]]:
+        """Commit the group in one transaction, or each write alone if that fails."""
+        if len(group) > 1:
+            try:
+                with self.store._write() as connection:
+                    results = [(True, write(connection)) for write, _ in group]
+                self.groups += 1
+                self.writes += len(group)
+                return results
+            except Exception:  # noqa: BLE001 - each write is retried alone and reports its own
+                pass
+        outcomes: list[tuple[bool, Any]] = []
+        for write, _ in group:
+            try:
+                with self.store._write() as connection:
+                    outcomes.append((True, write(connection)))
+                self.groups += 1
+                self.writes += 1
+            except Exception as error:  # noqa: BLE001 - handed to the writer that queued it
+                outcomes.append((False, error))
+        return outcomes
+
+    @staticmethod
+    def _finish(group: list[tuple[Write, asyncio.Future[Any]]], outcomes: list[Any]) -> None:
+        for (_, done), (ok, value) in zip(group, outcomes, strict=True):
+            if done.cancelled():
+                continue
+            if ok:
+                done.set_result(value)
+            else:
+                done.set_exception(value)
