@@ -24,9 +24,9 @@ if [ -z "$bin" ]; then
   fi
 fi
 
-base="$root/build/postgres"
-rm -rf "$base"
-mkdir -p "$base"
+# A cluster of its own per invocation, so that runs side by side never share (or wipe) one.
+mkdir -p "$root/build"
+base="$(mktemp -d "$root/build/postgres.XXXXXX")"
 as_owner=()
 if [ "$(id -u)" = 0 ]; then
   chown -R postgres:postgres "$base"
@@ -50,7 +50,7 @@ port="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0))
   || { cat "$base/server.log" >&2; exit 1; }
 stop() {
   "${as_owner[@]}" "$bin/pg_ctl" -D "$data" -m fast -w stop >/dev/null 2>&1 || true
-  case "$base" in /tmp/tapeagents-postgres.*) rm -rf "$base" ;; esac
+  rm -rf "$base"
 }
 trap stop EXIT
 
