@@ -297,10 +297,8 @@ class BatchRun:
         tape.metadata.error = error
         if self.store is None:
             return
-        if await self._store(self.store.status, tape.id) is None:  # failed before its first step
-            await self._store(self.store.save, tape, status="error", agent=self.agent.name)
-        else:
-            await self._store(self.store.set_status, tape.id, "error", metadata=tape.metadata)
+        # stores the tape if it failed before its first step, else its status and metadata
+        await self.store.asave(tape, status="error", agent=self.agent.name)
 
     def llms(self) -> list[Any]:
         """Every LLM the agent and its subagents use (wrapped ones too), each once."""
