@@ -274,6 +274,21 @@ def test_a_corrupt_row_is_reported_with_its_place(store: TapeStore) -> None:
         store.get(tape.id)
 
 
+def test_batched_reads_report_a_corrupt_row_when_its_tape_is_reached(store: TapeStore) -> None:
+    good, bad = sample_tape(3), sample_tape(3)
+    store.save(good)
+    store.save(bad)
+    with store.engine.begin() as connection:
+        connection.execute(
+            sa.text("UPDATE steps SET data = '{broken' WHERE tape_id = :id AND idx = 2"),
+            {"id": bad.id},
+        )
+    tapes = store.iter_tapes([good.id, bad.id])
+    assert next(tapes).steps == good.steps  # the tapes before it are read
+    with pytest.raises(StoreError, match=f"Step 2 of tape {bad.id} cannot be loaded"):
+        next(tapes)
+
+
 def test_resolve_id_accepts_unique_prefixes(store: TapeStore) -> None:
     first, second = Tape(id="abc123"), Tape(id="abd456")
     store.save(first)
