@@ -27,6 +27,7 @@ from pydantic import BaseModel, Field
 from tapeagents.environments.form_filler import (
     BEHAVIOURS,
     Dialogue,
+    DialogueScore,
     UserGoal,
     evaluate,
     expert_agent,
@@ -75,6 +76,11 @@ class CaseStudyConfig(BaseModel):
     """Most user messages in a test dialogue (the expert needs at most 11)."""
     evaluate_base: bool = True
     seed: int = 0
+    adapter: Path | None = None
+    """An adapter this script trained before (`out/adapter`): fine-tuning is skipped."""
+    processes: int = 1
+    """Processes that evaluate each student, a share of the test goals each (one core each:
+    the local model runs on one thread per process)."""
 
 
 class CaseStudyResult(BaseModel):
@@ -165,6 +171,55 @@ def _student_llm(config: CaseStudyConfig, adapter: Path | None = None) -> LLM:
     )
 
 
+def _trained(adapter: Path) -> Any:
+    """The result of an earlier fine-tuning run, read back from its adapter directory."""
+    from tapeagents.finetune import FinetuneResult
+
+    saved = adapter / "tapeagents-finetune.json"
+    if not saved.is_file():
+        raise SystemExit(f"{adapter} is not an adapter of `tapeagents finetune` (no {saved.name}).")
+    return FinetuneResult.model_validate(json.loads(saved.read_text())["result"])
+
+
+def _evaluate_share(
+    label: str, config: CaseStudyConfig, adapter: Path | None, goals: list[UserGoal]
+) -> list[DialogueScore]:
+    """One process's share of a student's test dialogues (run in a worker process)."""
+    agent = student_agent(_student_llm(config, adapter), name=TAGS[label])
+    store = TapeStore(f"sqlite:///{config.out / 'tapes.db'}")
+    try:
+        dialogues = asyncio.run(_evaluate(label, agent, goals, store, config.max_turns))
+    finally:
+        store.close()
+    return [d.score for d in dialogues]
+
+
+async def _evaluate_student(
+    label: str, config: CaseStudyConfig, adapter: Path | None, goals: list[UserGoal]
+) -> list[DialogueScore]:
+    """A student's scores on the goals, in `config.processes` worker processes."""
+    if config.processes <= 1:
+        agent = student_agent(_student_llm(config, adapter), name=TAGS[label])
+        store = TapeStore(f"sqlite:///{config.out / 'tapes.db'}")
+        dialogues = await _evaluate(label, agent, goals, store, config.max_turns)
+        return [d.score for d in dialogues]
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    n = min(config.processes, len(goals))
+    shares = [goals[i::n] for i in range(n)]  # interleaved: every share gets every behaviour
+    loop = asyncio.get_running_loop()
+    with ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("spawn")) as pool:
+        done = await asyncio.gather(
+            *(
+                loop.run_in_executor(pool, _evaluate_share, label, config, adapter, share)
+                for share in shares
+            )
+        )
+    by_task = {score.task_id: score for share in done for score in share}
+    return [by_task[goal.id] for goal in goals]
+
+
 async def run_case_study(config: CaseStudyConfig) -> CaseStudyResult:
     """Run the four stages (see the module docstring) and return the figures."""
     from tapeagents.finetune import FinetuneConfig, finetune
@@ -215,7 +270,8 @@ async def run_case_study(config: CaseStudyConfig) -> CaseStudyResult:
 
     # 3. LoRA fine-tune the student
     start = time.perf_counter()
-    tuned = finetune(
+    tuned = _trained(config.adapter) if config.adapter else None
+    tuned = tuned or finetune(
         train_examples,
         FinetuneConfig(
             output_dir=config.out / "adapter",
@@ -237,18 +293,22 @@ async def run_case_study(config: CaseStudyConfig) -> CaseStudyResult:
     seconds["finetune"] = time.perf_counter() - start
 
     # 4. evaluate on the test forms
-    subjects: dict[str, Agent] = {"teacher": _teacher(config)}
+    subjects: dict[str, Path | None] = {"teacher": None}
     if config.evaluate_base:
-        subjects["base student"] = student_agent(student_llm, name="student_base")
-    subjects["fine-tuned student"] = student_agent(
-        _student_llm(config, tuned.adapter_dir), name="student_tuned"
-    )
+        subjects["base student"] = None
+    subjects["fine-tuned student"] = tuned.adapter_dir
     test: dict[str, dict[str, Any]] = {}
-    for label, agent in subjects.items():
+    for label, adapter in subjects.items():
         start = time.perf_counter()
-        dialogues = await _evaluate(label, agent, test_goals, store, config.max_turns)
+        if label == "teacher":
+            dialogues = await _evaluate(
+                label, _teacher(config), test_goals, store, config.max_turns
+            )
+            scores = [d.score for d in dialogues]
+        else:
+            scores = await _evaluate_student(label, config, adapter, test_goals)
         seconds[f"test {label}"] = time.perf_counter() - start
-        test[label] = summarize(d.score for d in dialogues)
+        test[label] = summarize(scores)
     teacher_correct = test["teacher"]["correct"]
     tuned_correct = test["fine-tuned student"]["correct"]
     result = CaseStudyResult(
@@ -312,6 +372,12 @@ def main(argv: list[str] | None = None) -> CaseStudyResult:
     parser.add_argument("--slips", type=float, default=defaults.slips)
     parser.add_argument("--max-turns", type=int, default=defaults.max_turns)
     parser.add_argument("--no-base", action="store_true", help="skip the base student")
+    parser.add_argument(
+        "--adapter", type=Path, default=None, help="reuse an adapter this script trained"
+    )
+    parser.add_argument(
+        "--processes", type=int, default=1, help="processes evaluating each student (1 core each)"
+    )
     parser.add_argument("--tiny", action="store_true", help="a minute-long pipeline check")
     args = parser.parse_args(argv)
     settings: dict[str, Any] = {
@@ -330,6 +396,8 @@ def main(argv: list[str] | None = None) -> CaseStudyResult:
         "evaluate_base": not args.no_base,
         "slips": args.slips,
         "max_turns": args.max_turns,
+        "adapter": args.adapter,
+        "processes": args.processes,
     }
     if args.tiny:
         settings.update(TINY)
