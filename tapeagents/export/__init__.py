@@ -52,6 +52,7 @@ from tapeagents.export.tokens import (
     token_examples,
     write_token_jsonl,
 )
+from tapeagents.export.workers import export_chat_jsonl
 
 __all__ = [
     "IGNORE_INDEX",
@@ -72,6 +73,7 @@ __all__ = [
     "check_exact",
     "eval_record",
     "eval_records",
+    "export_chat_jsonl",
     "read_chat_jsonl",
     "read_eval_records",
     "read_token_jsonl",

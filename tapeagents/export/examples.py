@@ -164,7 +164,8 @@ class ExportReport(BaseModel):
     """Token-level exports: examples whose prompt was cut from the left to fit."""
 
     def skip(self, reason: str, count: int = 1) -> None:
-        self.skipped[reason] += count
+        if count:
+            self.skipped[reason] += count
 
     def add(self, example: TrainingExample) -> None:
         self.examples += 1

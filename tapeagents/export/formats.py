@@ -86,9 +86,11 @@ def write_chat_jsonl(
     return written
 
 
-def _open(path: str | Path) -> IO[str]:
+def _open(path: str | Path, *, binary: bool = False) -> IO[Any]:
     try:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
+        if binary:
+            return open(path, "wb")  # noqa: SIM115 - closed by the caller
         return open(path, "w", encoding="utf-8")  # noqa: SIM115 - closed by the caller
     except OSError as error:
         raise UsageError(f"Cannot write {path}: {error.strerror or error}.") from None

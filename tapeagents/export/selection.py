@@ -227,6 +227,17 @@ def select_tapes(
                 yield Selected(tape, agent, _group(tape.metadata.task_id, root, split_by), [])
         return
     store = source
+    chosen = stored_choices(store, selection, split_by=split_by)
+    tapes = store.iter_tapes([summary.id for summary, _ in chosen], batch_size=_BATCH)
+    for (summary, group), tape in zip(chosen, tapes, strict=True):
+        notes = store.annotations(tape.id) if selection.uses_annotations else []
+        yield Selected(tape, summary.agent, group, notes, summary)
+
+
+def stored_choices(
+    store: TapeStore, selection: Selection, *, split_by: SplitBy = "task"
+) -> list[tuple[TapeSummary, str]]:
+    """The stored tapes that pass the tape filters, in export order, with their split keys."""
     if selection.tape_ids is not None:
         summaries = [store.summary(tape_id) for tape_id in selection.tape_ids]
         summaries = [s for s in summaries if selection.matches(s)]
@@ -234,15 +245,10 @@ def select_tapes(
         found = store.list(**selection._store_filters(), limit=None)
         summaries = [s for s in reversed(found) if selection._reward_ok(s.reward)]  # oldest first
     parents = {s.id: s.parent_id for s in summaries}
-    by_id = {s.id: s for s in summaries}
-    for start in range(0, len(summaries), _BATCH):
-        batch = [s.id for s in summaries[start : start + _BATCH]]
-        for tape in store.iter_tapes(batch):
-            summary = by_id[tape.id]
-            notes = store.annotations(tape.id) if selection.uses_annotations else []
-            root = _lineage_root(tape.id, parents)
-            group = _group(summary.task_id, root, split_by)
-            yield Selected(tape, summary.agent, group, notes, summary)
+    return [
+        (summary, _group(summary.task_id, _lineage_root(summary.id, parents), split_by))
+        for summary in summaries
+    ]
 
 
 def _group(task_id: str | None, root: str, split_by: SplitBy) -> str:
