@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -135,6 +136,14 @@ def export(
             "or the export (raise)."
         ),
     ] = OnProblem.skip_tape,
+    workers: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Processes that rebuild the examples (openai; a database file or server: "
+            "each reads its share of the tapes itself).",
+        ),
+    ] = 1,
     model: Annotated[
         str, typer.Option(help="The local model whose tokenizer makes token ids (tokens).")
     ] = "smollm2-135m",
@@ -215,13 +224,14 @@ def export(
             model=model,
             max_length=max_length,
             truncation=truncation.value,
+            workers=workers,
         )
     if report_path is not None:
         report_path.write_text(report.model_dump_json(indent=1) + "\n")
     _print_report(report, format, out_path, validation_out)
 
 
-def _progress() -> Progress:
+def _progress(*, auto_refresh: bool = True) -> Progress:
     return Progress(
         TextColumn("[bold]exporting[/]"),
         BarColumn(),
@@ -230,6 +240,7 @@ def _progress() -> Progress:
         TimeElapsedColumn(),
         console=err(),
         transient=True,
+        auto_refresh=auto_refresh,
     )
 
 
@@ -251,28 +262,48 @@ def _export_examples(
     model: str,
     max_length: int,
     truncation: str,
+    workers: int = 1,
 ) -> ExportReport:
     from tapeagents.export import (
         ExportReport,
+        export_chat_jsonl,
         to_hf_dataset,
         token_examples,
         training_examples,
-        write_chat_jsonl,
         write_token_jsonl,
     )
 
     report = ExportReport()
     total = _count(store, selection)
-    with _progress() as progress:
+    # Worker processes are forked: no progress thread may run then (it could hold a lock that
+    # a worker needs), so the bar is redrawn by hand, a few times a second.
+    threaded = workers == 1 or format is not Format.openai
+    with _progress(auto_refresh=threaded) as progress:
         task = progress.add_task("export", total=total)
+        drawn = [0.0]
 
         def advance(_: object) -> None:
             progress.update(task, completed=report.tapes)
+            if not threaded and time.monotonic() - drawn[0] > 0.2:
+                drawn[0] = time.monotonic()
+                progress.refresh()
 
-        examples = training_examples(store, agent, selection, report=report, **options)
         if format is Format.openai:
-            write_chat_jsonl(examples, out_path, validation_path=validation_out, on_example=advance)
-        elif format is Format.tokens:
+            export_chat_jsonl(
+                store,
+                agent,
+                out_path,
+                selection,
+                validation_path=validation_out,
+                workers=workers,
+                report=report,
+                on_progress=advance,
+                **options,
+            )
+            progress.update(task, completed=report.tapes)
+            return report
+        examples = training_examples(store, agent, selection, report=report, **options)
+        if format is Format.tokens:
             from tapeagents.llms.local import LocalLLM
 
             tokens = token_examples(

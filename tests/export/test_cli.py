@@ -47,6 +47,17 @@ def test_openai_format_with_validation_split(filled, tmp_path: Path) -> None:
     assert report["examples"] == 14 and report["problems"] == []
 
 
+def test_openai_format_with_workers_writes_the_same_file(filled, tmp_path: Path) -> None:
+    url, _ = filled
+    cli = make_invoke(url)
+    args = ["export", "-f", "openai", "--agent", "tests.export.agents:calc_agent"]
+    for workers in ("1", "2"):
+        result = cli(*args, "--workers", workers, "-o", str(tmp_path / f"{workers}.jsonl"))
+        assert result.exit_code == 0, result.output
+        assert "Wrote 14 examples (openai)" in result.output
+    assert (tmp_path / "1.jsonl").read_bytes() == (tmp_path / "2.jsonl").read_bytes()
+
+
 def test_problems_are_shown_and_raise_stops(filled, tmp_path: Path) -> None:
     url, ids = filled
     cli = make_invoke(url)
