@@ -8,10 +8,12 @@ template over the tape's context, rendered for every example as in a real export
     PYTHONPATH=. .venv/bin/python benchmarks/export.py                # 10,000 tapes
     PYTHONPATH=. .venv/bin/python benchmarks/export.py --tapes 1000   # quicker
     PYTHONPATH=. .venv/bin/python benchmarks/export.py --profile      # + cProfile of JSONL
+    PYTHONPATH=. .venv/bin/python benchmarks/export.py --workers 2 4  # worker processes
 
-Figures: tapes/s by wall-clock time and by this process's CPU time (the machine is shared: CPU
-time is what the export itself costs), median of `--runs` runs. The store is built once and
-kept under `--db` (default: a file in the temp directory).
+Figures: tapes/s by wall-clock time and by CPU time (of this process and of its worker
+processes: the machine is shared, and CPU time is what the export itself costs), CPU ms per tape,
+median of `--runs` runs. The store is built once and kept under `--db` (default: a file in the
+temp directory).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import argparse
 import json
 import os
 import random
+import resource
 import statistics
 import sys
 import tempfile
@@ -31,6 +34,7 @@ from tapeagents import Agent, FinalAnswer, LLMNode, Tape, TapeMetadata, ToolEnvi
 from tapeagents.core import StepMetadata, ToolCall, ToolResult, UserMessage
 from tapeagents.export import (
     ExportReport,
+    export_chat_jsonl,
     token_examples,
     training_examples,
     write_chat_jsonl,
@@ -110,18 +114,24 @@ def build_store(path: Path, tapes: int, steps: int) -> TapeStore:
     return store
 
 
+def cpu_time() -> float:
+    """CPU seconds of this process and of its finished worker processes."""
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.process_time() + children.ru_utime + children.ru_stime
+
+
 def measure(label: str, runs: int, tapes: int, work: Callable[[], ExportReport]) -> None:
     walls, cpus = [], []
     report = ExportReport()
     for _ in range(runs):
-        wall, cpu = time.perf_counter(), time.process_time()
+        wall, cpu = time.perf_counter(), cpu_time()
         report = work()
         walls.append(time.perf_counter() - wall)
-        cpus.append(time.process_time() - cpu)
+        cpus.append(cpu_time() - cpu)
     wall, cpu = statistics.median(walls), statistics.median(cpus)
     print(
         f"{label}: {tapes / wall:,.0f} tapes/s wall ({wall:.2f} s), {tapes / cpu:,.0f} tapes/s "
-        f"CPU ({cpu:.2f} s); {report.examples:,} examples"
+        f"CPU ({cpu:.2f} s, {cpu / tapes * 1e3:.3f} ms a tape); {report.examples:,} examples"
         + (f", {report.tokens:,} tokens" if report.tokens else "")
     )
 
@@ -134,6 +144,9 @@ def main() -> None:
     parser.add_argument("--token-runs", type=int, default=1)
     parser.add_argument("--db", type=Path, default=Path(tempfile.gettempdir()) / "bench-export.db")
     parser.add_argument("--no-tokens", action="store_true", help="skip the token-level export")
+    parser.add_argument(
+        "--workers", type=int, nargs="*", default=[2], help="worker counts for chat JSONL"
+    )
     parser.add_argument("--profile", action="store_true")
     args = parser.parse_args()
 
@@ -152,11 +165,17 @@ def main() -> None:
         write_chat_jsonl(examples, out / "chat.jsonl")
         return report
 
-    print(f"{args.tapes:,} tapes of {args.steps} steps; median of {args.runs} runs")
+    def chat_workers(workers: int) -> Callable[[], ExportReport]:
+        return lambda: export_chat_jsonl(store, agent, out / "chat.jsonl", workers=workers)
+
+    load = " / ".join(f"{x:.1f}" for x in os.getloadavg())
+    print(f"{args.tapes:,} tapes of {args.steps} steps; median of {args.runs} runs; load {load}")
     measure("chat JSONL", args.runs, args.tapes, chat)
-    measure("chat JSONL, no dedupe", args.runs, args.tapes, chat_no_dedupe)
     size = (out / "chat.jsonl").stat().st_size
     print(f"  {size / 1e6:.1f} MB written")
+    measure("chat JSONL, no dedupe", args.runs, args.tapes, chat_no_dedupe)
+    for workers in args.workers:
+        measure(f"chat JSONL, {workers} workers", args.runs, args.tapes, chat_workers(workers))
 
     if not args.no_tokens:
         from tapeagents.llms.local import LocalLLM
@@ -179,7 +198,8 @@ def main() -> None:
         cProfile.runctx("chat()", globals(), {"chat": chat}, str(out / "profile"))
         pstats.Stats(str(out / "profile")).sort_stats("tottime").print_stats(25)
     store.close()
-    print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs")
+    load = " / ".join(f"{x:.1f}" for x in os.getloadavg())
+    print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, load {load}")
 
 
 if __name__ == "__main__":
