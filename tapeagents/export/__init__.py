@@ -13,6 +13,9 @@ What the target agent cannot reproduce is reported in an `ExportReport`, never d
     write_chat_jsonl(examples, "train.jsonl", validation_path="valid.jsonl")
     print(report.summary())
 
+`export_chat_jsonl(store, agent, "train.jsonl", workers=4)` does both in one call, with worker
+processes for large stores (the same file as one process).
+
 Evaluation records: one per tape (`eval_records`), and the subjects × tasks `response_matrix`.
 """
 
