@@ -13,6 +13,7 @@ import gc
 import multiprocessing
 import os
 import tempfile
+import warnings
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -194,7 +195,13 @@ def _run(
     waiting, so the parts on disk stay few."""
     context = multiprocessing.get_context("fork")
     numbered = iter(enumerate(jobs))
-    with context.Pool(min(workers, max(len(jobs), 1)), _start_worker, (job,)) as pool:
+    with warnings.catch_warnings():
+        # Python 3.12+ warns when a process with threads forks: a lock another thread holds
+        # stays held in the child. The workers only use their own connection and pure Python,
+        # and the command line runs no thread then (its progress bar is redrawn by hand).
+        warnings.filterwarnings("ignore", "This process .* is multi-threaded", DeprecationWarning)
+        pool = context.Pool(min(workers, max(len(jobs), 1)), _start_worker, (job,))
+    with pool:
         waiting = deque(pool.apply_async(_export_chunk, j) for j in _take(numbered, 2 * workers))
         while waiting:
             result = waiting.popleft().get()
