@@ -323,20 +323,29 @@ class LLMNode(Node):
         messages = self._system_messages(agent, tape) + self.tape_messages(tape)
         return Prompt(messages=messages, tools=self._prompt_tools())
 
-    def make_prompts(self, agent: Agent, tape: Tape[Any, Any], ends: Sequence[int]) -> list[Prompt]:
+    def make_prompts(
+        self,
+        agent: Agent,
+        tape: Tape[Any, Any],
+        ends: Sequence[int],
+        *,
+        inverses: Mapping[int, LLMOutput] | None = None,
+    ) -> list[Prompt]:
         """`make_prompt` for each prefix `tape.steps[:end]`, in one pass over the tape.
 
         This is how exporters rebuild the request behind every model output of a tape without
         rendering the tape again for each one. An `end` inside a group of steps that came from
         one model output gets `make_prompt` of that prefix, so the result is always exact. The
-        prompts share their message dicts (copy one before changing it).
+        prompts share their message dicts (copy one before changing it). `inverses` holds
+        this node's `inverse` of groups already computed, by the group's first step, so that
+        they are not computed again.
         """
         wanted = set(ends)
         upto = max(wanted, default=0)
         snapshots: dict[int, list[dict[str, Any]]] = {0: []}
         messages: list[dict[str, Any]] = []
         if upto > 0:
-            for stop, group in self._group_messages(tape.steps[:upto]):
+            for stop, group in self._group_messages(tape.steps[:upto], inverses):
                 messages.extend(group)
                 if stop in wanted:
                     snapshots[stop] = list(messages)
@@ -393,7 +402,9 @@ class LLMNode(Node):
             messages.extend(group)
         return messages
 
-    def _group_messages(self, steps: Sequence[Step]) -> Iterator[tuple[int, list[dict[str, Any]]]]:
+    def _group_messages(
+        self, steps: Sequence[Step], inverses: Mapping[int, LLMOutput] | None = None
+    ) -> Iterator[tuple[int, list[dict[str, Any]]]]:
         """For each group of `output_groups(steps)`: where it ends, and its chat messages."""
         tool_ids: dict[str, str] = {}  # action metadata id -> tool call id
         for start, stop in output_groups(steps):
@@ -418,7 +429,8 @@ class LLMNode(Node):
                 yield stop, [{"role": "user", "content": f"[{step.kind}] {step.llm_text()}"}]
             else:
                 group = steps[start:stop]
-                output = self.inverse(group)
+                known = inverses.get(start) if inverses else None
+                output = known if known is not None else self.inverse(group)
                 messages = [output.as_message()]
                 for step_in_group, request in zip(
                     _tool_call_steps(self, group), output.tool_calls, strict=True

@@ -425,7 +425,12 @@ def _prompts(
     for items in by_node.values():
         first = items[0]
         try:
-            rendered = first.node.make_prompts(first.agent, tape, [i.start for i in items])
+            rendered = first.node.make_prompts(
+                first.agent,
+                tape,
+                [i.start for i in items],
+                inverses={i.start: i.output for i in items},  # `_answer` made them already
+            )
         except Exception as error:  # a template that fails on this tape, for example
             for item in items:
                 problem(
