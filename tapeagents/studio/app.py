@@ -303,6 +303,9 @@ def create_app(
         beat = time.monotonic()
         while True:
             signal = runs.signal(tape_id)
+            # Whether a run is going, asked before the store: a run that ends during the read
+            # below is seen as still going, never as ended with a stale status.
+            active = runs.active(tape_id)
             summary = await asyncio.to_thread(store.summary, tape_id)
             if summary.length > sent:
                 tape = await asyncio.to_thread(store.get, tape_id)
@@ -315,7 +318,7 @@ def create_app(
                 sent = len(tape.steps)
                 beat = time.monotonic()
             state = runs.get(tape_id)
-            if not runs.active(tape_id) and (state is not None or summary.status != "running"):
+            if not active and (state is not None or summary.status != "running"):
                 yield _sse(
                     "end",
                     {
