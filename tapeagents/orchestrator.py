@@ -114,6 +114,7 @@ async def run(
     max_steps: int = 100,
     max_errors: int = 3,
     store: TapeStore | None = None,
+    write_behind: bool = False,
 ) -> AsyncIterator[Event]:
     """Run `agent` on `tape` (in place) with `env` answering its actions; yield what happens.
 
@@ -124,6 +125,10 @@ async def run(
         max_steps: Stop after appending this many steps in this run.
         max_errors: Stop after this many unparsable model answers in a row.
         store: Persist every step as it is appended (see the module docstring).
+        write_behind: Commit the agent's steps while it goes on to its next LLM call, instead
+            of before reporting them: for batch runs, where the wait adds up. A step is still
+            committed before the environment acts on anything and before the run finishes, and
+            the store always holds a prefix of the tape.
 
     Yields:
         Events; the last one is always `Finished`.
@@ -135,7 +140,7 @@ async def run(
     """
     if isinstance(tape, str):
         tape = Tape(steps=[UserMessage(content=tape)])
-    recorder = _Recorder(tape, store)
+    recorder = _Recorder(tape, store, write_behind=write_behind)
     await recorder.start(agent.name)
     appended = 0
     errors_in_a_row = 0
@@ -153,6 +158,7 @@ async def run(
             if env is None:
                 yield await finish("no_environment")
                 return
+            await recorder.settle()  # the actions are stored before anything is done about them
             observations: list[Observation] = []
             for action in actions:
                 observation = await observe(env, action, tape)
@@ -185,7 +191,7 @@ async def run(
         try:
             async for item in agent.step(tape, path=path, node=node):
                 if isinstance(item, Step):
-                    yield await recorder.append(item)
+                    yield await recorder.append(item, behind=True)
                     appended += 1
                     produced += 1
                     check_pending = check_pending or isinstance(item, Action)
@@ -213,10 +219,14 @@ async def run(
 class _Recorder:
     """Appends steps to the tape and, with a store, persists each one before it is reported."""
 
-    def __init__(self, tape: Tape[Any, Any], store: TapeStore | None) -> None:
+    def __init__(
+        self, tape: Tape[Any, Any], store: TapeStore | None, *, write_behind: bool = False
+    ) -> None:
         self.tape = tape
         self.store = store
+        self.write_behind = write_behind
         self._unsaved_calls: list[LLMCall] = []
+        self._writing: asyncio.Future[None] | None = None
 
     async def start(self, agent_name: str) -> None:
         if self.store is None:
@@ -237,16 +247,32 @@ class _Recorder:
         if self.store is not None:
             self._unsaved_calls.append(call)
 
-    async def append(self, step: Step) -> StepAppended:
+    async def append(self, step: Step, *, behind: bool = False) -> StepAppended:
+        """Append the step and store it; with `behind` (and `write_behind`), the write
+        commits while the run goes on, and the next `settle` waits for it."""
         self.tape.append(step)
         index = len(self.tape) - 1
         if self.store is not None:
+            await self.settle()  # one write at a time, in order
             calls, self._unsaved_calls = self._unsaved_calls, []
-            await self.store.aappend_steps(self.tape.id, index, [step], calls)
+            write = self.store.aappend_steps(self.tape.id, index, [step], calls)
+            if behind and self.write_behind:
+                self._writing = asyncio.ensure_future(write)
+                # a failure is raised by the next settle; never an unretrieved exception
+                self._writing.add_done_callback(lambda done: done.cancelled() or done.exception())
+            else:
+                await write
         return StepAppended(step, index)
+
+    async def settle(self) -> None:
+        """Wait until the steps written behind are committed (raising the store's error)."""
+        writing, self._writing = self._writing, None
+        if writing is not None:
+            await writing
 
     async def finish(self, reason: str) -> None:
         if self.store is not None:
+            await self.settle()
             if self._unsaved_calls:
                 await self.store.asave_llm_calls(self._unsaved_calls)
                 self._unsaved_calls = []

@@ -275,7 +275,9 @@ class BatchRun:
     async def _drive(
         self, tape: Tape[Any, Any], env: Environment | None, result: TaskResult
     ) -> None:
-        events = run(self.agent, tape, env, max_steps=self.max_steps, store=self.store)
+        events = run(
+            self.agent, tape, env, max_steps=self.max_steps, store=self.store, write_behind=True
+        )
         async for event in events:
             if isinstance(event, StepAppended):
                 result.steps += 1

@@ -7,8 +7,22 @@ import asyncio
 
 import pytest
 
-from tapeagents import Tape, UserMessage
+from tapeagents import (
+    Action,
+    Agent,
+    FinalAnswer,
+    Finished,
+    LLMNode,
+    Observation,
+    Reasoning,
+    StepAppended,
+    Tape,
+    ToolEnvironment,
+    UserMessage,
+    run,
+)
 from tapeagents.errors import StoreError
+from tapeagents.llms import LLMOutput, ScriptedLLM, tool_call
 from tapeagents.store import TapeStore
 
 
@@ -73,3 +87,58 @@ async def test_a_cancelled_writer_waits_for_its_write(store: TapeStore) -> None:
     with pytest.raises(asyncio.CancelledError):
         await writer
     assert store.get(tape.id).steps[-1] == step  # the write was not torn or lost
+
+
+class Checked(ToolEnvironment):
+    """Records, at each action, how many steps of the tape the store holds."""
+
+    def __init__(self, store: TapeStore) -> None:
+        super().__init__([add])
+        self.store = store
+        self.stored_at_action: list[tuple[int, int]] = []
+
+    async def react(self, action: Action, tape: Tape) -> Observation:
+        self.stored_at_action.append((len(tape), self.store.summary(tape.id).length))
+        return await super().react(action, tape)
+
+
+def add(a: int, b: int) -> int:
+    """Add two integers."""
+    return a + b
+
+
+def calc_agent() -> Agent:
+    answers = [
+        "Let me add them.",
+        LLMOutput(tool_calls=[tool_call("add", '{"a": 2, "b": 3}')]),
+        LLMOutput(tool_calls=[tool_call("final_answer", '{"answer": "5"}')]),
+    ]
+    node = LLMNode(steps=[FinalAnswer], tools=ToolEnvironment([add]).tools, text_step=Reasoning)
+    return Agent("calc", nodes=[node], llms=ScriptedLLM(answers))
+
+
+async def test_write_behind_stores_each_action_before_the_environment_acts(
+    store: TapeStore,
+) -> None:
+    env = Checked(store)
+    events = [e async for e in run(calc_agent(), "2+3?", env, store=store, write_behind=True)]
+    finished = events[-1]
+    assert isinstance(finished, Finished) and finished.reason == "stopped"
+    assert env.stored_at_action == [(3, 3)]  # user, thought, action: all committed
+    assert store.get(finished.tape.id).steps == finished.tape.steps
+    assert store.status(finished.tape.id) == "stopped"
+
+
+async def test_write_behind_raises_a_failed_write_and_keeps_a_prefix(store: TapeStore) -> None:
+    tape = Tape(steps=[UserMessage(content="2+3?")])
+    store.save(tape)
+    events = run(calc_agent(), tape, Checked(store), store=store, write_behind=True)
+    async for event in events:  # up to the thought, written behind
+        if isinstance(event, StepAppended):
+            break
+    store.append_steps(tape.id, 1, [UserMessage(content="another process wrote here")])
+    with pytest.raises(StoreError, match="another process appended"):
+        async for _ in events:
+            pass
+    stored = store.get(tape.id)
+    assert [s.kind for s in stored.steps] == ["user", "user"]  # a prefix, nothing torn
