@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import random
 import re
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
 from tapeagents.agent import Agent, LLMNode, NodeOutput
@@ -35,7 +35,7 @@ from tapeagents.core import (
     Tape,
     UserMessage,
 )
-from tapeagents.llms import LLM, LLMCall, Prompt
+from tapeagents.llms import LLM, LLMCall, LLMOutput, Prompt
 from tapeagents.llms.base import request_hash
 
 from .catalog import FieldSpec
@@ -173,7 +173,14 @@ class CompactNode(LLMNode):
     def make_prompt(self, agent: Agent, tape: Tape[Any, Any]) -> Prompt:
         return Prompt(messages=compact_messages(tape))
 
-    def make_prompts(self, agent: Agent, tape: Tape[Any, Any], ends: Sequence[int]) -> list[Prompt]:
+    def make_prompts(
+        self,
+        agent: Agent,
+        tape: Tape[Any, Any],
+        ends: Sequence[int],
+        *,
+        inverses: Mapping[int, LLMOutput] | None = None,
+    ) -> list[Prompt]:
         return [self.make_prompt(agent, _prefix(tape, end)) for end in ends]
 
 
@@ -444,7 +451,14 @@ class _TeacherNode(LLMNode):
             messages[0] = {**messages[0], "content": f"{messages[0]['content']}\n\n{state}"}
         return prompt.model_copy(update={"messages": messages})
 
-    def make_prompts(self, agent: Agent, tape: Tape[Any, Any], ends: Sequence[int]) -> list[Prompt]:
+    def make_prompts(
+        self,
+        agent: Agent,
+        tape: Tape[Any, Any],
+        ends: Sequence[int],
+        *,
+        inverses: Mapping[int, LLMOutput] | None = None,
+    ) -> list[Prompt]:
         return [self.make_prompt(agent, _prefix(tape, end)) for end in ends]
 
 
