@@ -63,7 +63,7 @@ class CaseStudyConfig(BaseModel):
     max_train_dialogues: int | None = None
     max_test_dialogues: int | None = None
     student_model: str = "smollm2-135m"
-    max_steps: int | None = 400
+    max_steps: int | None = 200
     """Optimizer steps (None: `epochs` over the examples)."""
     epochs: float = 1.0
     batch_size: int = 8
