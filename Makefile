@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check
 OFFLINE := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 LITELLM_LOCAL_MODEL_COST_MAP=True
 
-.PHONY: chromium demo test test-all lint bench bench-venv clean
+.PHONY: chromium demo test test-slow-key test-all lint bench bench-venv clean
 
 $(VENV)/.base: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,10 @@ demo: $(VENV)/.local
 # The store tests run against SQLite and against a private PostgreSQL cluster on 127.0.0.1.
 test: $(VENV)/.dev chromium
 	$(OFFLINE) TAPEAGENTS_REQUIRE_POSTGRES=1 scripts/with-postgres.sh $(PY) -m pytest -q -p no:cacheprovider
+
+# The slow tests CI runs after `make test`: fine-tuning the local model beats the base model.
+test-slow-key: $(VENV)/.dev
+	$(OFFLINE) $(PY) -m pytest -q -p no:cacheprovider -m slow tests/finetune/test_finetune.py
 
 test-all: $(VENV)/.dev chromium
 	$(OFFLINE) TAPEAGENTS_REQUIRE_POSTGRES=1 scripts/with-postgres.sh $(PY) -m pytest -q -p no:cacheprovider -m ''
