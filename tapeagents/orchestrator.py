@@ -14,10 +14,11 @@ that says why:
 
 Resuming is calling `run` again on the tape (or on a fork of any prefix of it, or an edited
 copy): the tape is the whole state. With `store=`, each step (and the LLM call it came from) is
-committed before anything else happens (concurrent runs in one event loop share commits:
-`tapeagents.store.group`), and the tape's status says how
-the run ended; a tape still marked "running" was interrupted, and its unanswered actions get
-an "interrupted" observation when it is resumed (they are not performed twice).
+committed before anything else happens (runs in one event loop share commits, see
+`tapeagents.store.group`; with `write_behind`, an agent's step commits during its next LLM
+call), and the tape's status says how the run ended; a tape still marked "running" was
+interrupted, and its unanswered actions get an "interrupted" observation when it is resumed
+(they are not performed twice).
 """
 
 from __future__ import annotations
@@ -217,7 +218,8 @@ async def run(
 
 
 class _Recorder:
-    """Appends steps to the tape and, with a store, persists each one before it is reported."""
+    """Appends steps to the tape and, with a store, commits each one before it is reported
+    (or, written behind, before the environment acts and before the run ends)."""
 
     def __init__(
         self, tape: Tape[Any, Any], store: TapeStore | None, *, write_behind: bool = False
