@@ -126,11 +126,15 @@ def _configure_threads(torch: Any) -> None:
         _threads_configured = True
         if os.environ.get("OMP_NUM_THREADS"):
             return
-        try:
-            cores = len(os.sched_getaffinity(0))
-        except (AttributeError, OSError):
-            cores = os.cpu_count() or 1
-        torch.set_num_threads(max(1, min(cores // 2, 8)))
+        torch.set_num_threads(max(1, min(available_cores() // 2, 8)))
+
+
+def available_cores() -> int:
+    """The CPUs this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
 
 
 @dataclass
