@@ -18,7 +18,6 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 from sqlalchemy import (
-    bindparam,
     delete,
     func,
     insert,
@@ -30,13 +29,21 @@ from sqlalchemy import text as sql_text
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
 
-from tapeagents.core import Step, Tape, TapeMetadata, load_step, new_id, step_kinds
+from tapeagents.core import Step, Tape, TapeMetadata, new_id
 from tapeagents.errors import StoreError, UsageError
 from tapeagents.llms.base import LLMCall, LLMOutput, Prompt, TokenLogprob, Usage
 from tapeagents.store import schema
-from tapeagents.store.blobs import blob_refs, externalize, find_blob_refs, insert_blobs, internalize
+from tapeagents.store.blobs import blob_refs, externalize, find_blob_refs, internalize
 from tapeagents.store.engine import Transaction, create_store_engine, reason
 from tapeagents.store.group import GroupCommit
+from tapeagents.store.rows import (
+    Statements,
+    dumps,
+    jsonable,
+    outcome_columns,
+    parse_steps,
+    step_row,
+)
 from tapeagents.store.schema import annotations, blobs, llm_calls, steps, tape_tags, tapes
 
 __all__ = ["DEFAULT_URL", "Annotation", "TapeStore", "TapeSummary", "TapeTree"]
@@ -84,19 +91,6 @@ class TapeTree(BaseModel):
     children: list[TapeTree] = Field(default_factory=list)
 
 
-def _outcome_columns(metadata: TapeMetadata) -> dict[str, Any]:
-    return {
-        "metadata": metadata.model_dump_json(),
-        "task_id": metadata.task_id,
-        "outcome": metadata.outcome,
-        "reward": metadata.reward,
-    }
-
-
-def _dumps(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
-
-
 class TapeStore:
     """Durable storage of tapes, steps and LLM calls.
 
@@ -122,7 +116,7 @@ class TapeStore:
         self.url = url
         self.engine = create_store_engine(url)
         self.display_url = self.engine.url.render_as_string(hide_password=True)
-        self._statements = _Statements(self.engine.dialect.name)
+        self._statements = Statements(self.engine.dialect.name)
         self._groups: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, GroupCommit] = (
             weakref.WeakKeyDictionary()
         )
@@ -234,8 +228,8 @@ class TapeStore:
                     "created_at": now,
                     "updated_at": now,
                     "length": prefix,
-                    "context": _dumps(_jsonable(tape.context)),
-                    **_outcome_columns(tape.metadata),
+                    "context": dumps(jsonable(tape.context)),
+                    **outcome_columns(tape.metadata),
                 },
             )
             self._set_tags(connection, tape.id, tape.metadata.tags, new=True)
@@ -249,7 +243,7 @@ class TapeStore:
                 )
             if stored:
                 self._check_same_step(connection, tape, stored - 1)
-            values: dict[str, Any] = _outcome_columns(tape.metadata)
+            values: dict[str, Any] = outcome_columns(tape.metadata)
             if status:
                 values["status"] = status
             if agent:
@@ -318,7 +312,7 @@ class TapeStore:
         if metadata is None:
             done = connection.execute(self._statements.set_status, values)
         else:
-            values.update(_outcome_columns(metadata))
+            values.update(outcome_columns(metadata))
             done = connection.execute(self._statements.set_status_and_outcome, values)
         if done.rowcount == 0:
             raise self._missing(tape_id)
@@ -342,7 +336,7 @@ class TapeStore:
         calls: Sequence[LLMCall],
     ) -> None:
         found: dict[str, str] = {}
-        rows = [_step_row(tape_id, start + i, step, found) for i, step in enumerate(new_steps)]
+        rows = [step_row(tape_id, start + i, step, found) for i, step in enumerate(new_steps)]
         call_rows = [self._call_row(call, found) for call in calls]
         if found:
             self._insert_blobs(connection, found)
@@ -384,10 +378,10 @@ class TapeStore:
         return {
             "id": call.id,
             "model": call.model,
-            "parameters": _dumps(call.parameters) if call.parameters else None,
-            "prompt": _dumps(externalize(prompt, found)),
-            "output": _dumps(externalize(output, found)),
-            "logprobs": _dumps([lp.model_dump() for lp in logprobs]) if logprobs else None,
+            "parameters": dumps(call.parameters) if call.parameters else None,
+            "prompt": dumps(externalize(prompt, found)),
+            "output": dumps(externalize(output, found)),
+            "logprobs": dumps([lp.model_dump() for lp in logprobs]) if logprobs else None,
             "prompt_tokens": call.output.usage.prompt_tokens,
             "completion_tokens": call.output.usage.completion_tokens,
             "cost": call.output.cost,
@@ -530,7 +524,7 @@ class TapeStore:
         self, connection: Connection, rows: Sequence[tuple[str, int, str, str]]
     ) -> list[Step]:
         """Steps from `(tape id, index, kind, data)` rows, with their blob texts put back."""
-        return _parse_steps(rows, self._blob_texts(connection, rows))
+        return parse_steps(rows, self._blob_texts(connection, rows))
 
     def _blob_texts(
         self, connection: Connection, rows: Sequence[tuple[str, int, str, str]]
@@ -917,7 +911,7 @@ class TapeStore:
         """Copy the steps a child reads from its parent into the child itself."""
         inherited = self._read_steps(connection, child_id, prefix)
         found: dict[str, str] = {}
-        rows = [_step_row(child_id, i, step, found) for i, step in enumerate(inherited)]
+        rows = [step_row(child_id, i, step, found) for i, step in enumerate(inherited)]
         if found:
             self._insert_blobs(connection, found)
         if rows:
@@ -1035,7 +1029,7 @@ class TapeStore:
             if tape_id in forks:
                 tape_steps = list(forks[tape_id])
             else:
-                tape_steps = _parse_steps(step_rows.get(tape_id, ()), texts)
+                tape_steps = parse_steps(step_rows.get(tape_id, ()), texts)
             yield self._tape(rows[tape_id], tape_steps)
 
     def _all_ids(self) -> list[str]:
@@ -1096,91 +1090,3 @@ class _StoreCache(MutableMapping[str, LLMOutput]):
             return int(
                 connection.execute(select(func.count()).select_from(llm_calls)).scalar() or 0
             )
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, BaseModel):
-        return value.model_dump(mode="json")
-    return value
-
-
-def _parse_steps(rows: Sequence[tuple[str, int, str, str]], texts: Mapping[str, str]) -> list[Step]:
-    """Steps from `(tape id, index, kind, data)` rows; `texts` has the blobs they refer to."""
-    kinds = step_kinds()
-    loaded: list[Step] = []
-    for seg_id, idx, kind, data in rows:
-        text = insert_blobs(data, texts)
-        cls = kinds.get(kind)
-        try:
-            if cls is not None:
-                loaded.append(cls.model_validate_json(text))
-            else:
-                loaded.append(load_step({"kind": kind, **json.loads(text)}))
-        except ValueError as error:
-            raise StoreError(
-                f"Step {idx} of tape {seg_id} cannot be loaded ({error}); the row is "
-                "corrupt. Export the tape to see the others."
-            ) from None
-    return loaded
-
-
-def _step_row(tape_id: str, index: int, step: Step, found: dict[str, str]) -> dict[str, Any]:
-    """A `steps` row; defaults are left out of the JSON (loading restores them)."""
-    meta = step.metadata
-    data = externalize(step.model_dump(mode="json", exclude_defaults=True), found)
-    return {
-        "tape_id": tape_id,
-        "idx": index,
-        "kind": step.kind,
-        "agent": meta.agent,
-        "node": meta.node,
-        "llm_call_id": meta.llm_call_id,
-        "created_at": meta.created_at,
-        "data": _dumps(data),
-    }
-
-
-class _Statements:
-    """The statements of the write path, built once per store (building them costs more than
-    running them on SQLite)."""
-
-    def __init__(self, dialect: str) -> None:
-        if dialect == "sqlite":
-            from sqlalchemy.dialects.sqlite import insert as dialect_insert
-        elif dialect == "postgresql":
-            from sqlalchemy.dialects.postgresql import insert as dialect_insert  # type: ignore[assignment]
-        else:
-            raise UsageError(f"The tape store supports SQLite and PostgreSQL, not {dialect}.")
-        self.insert_blobs = dialect_insert(blobs).on_conflict_do_nothing(index_elements=["hash"])
-        self.insert_calls = dialect_insert(llm_calls).on_conflict_do_nothing(index_elements=["id"])
-        self.insert_steps = insert(steps)
-        self.insert_tags = insert(tape_tags)
-        self.insert_tape = insert(tapes)
-        by_id = tapes.c.id == bindparam("tape")
-        status = {"status": bindparam("status"), "updated_at": bindparam("now")}
-        self.set_status = update(tapes).where(by_id).values(**status)
-        outcome = {name: bindparam(name) for name in ("metadata", "task_id", "outcome", "reward")}
-        self.set_status_and_outcome = update(tapes).where(by_id).values(**status, **outcome)
-        self.select_tags = select(tape_tags.c.tag).where(tape_tags.c.tape_id == bindparam("tape"))
-        self.select_length_status = select(tapes.c.length, tapes.c.status).where(
-            tapes.c.id == bindparam("tape")
-        )
-        self.move_length = (
-            update(tapes)
-            .where(tapes.c.id == bindparam("tape"), tapes.c.length == bindparam("start"))
-            .values(length=bindparam("end"), updated_at=bindparam("now"))
-        )
-        # Text search in long texts: the tapes with a step that references a blob matching
-        # :pattern. Each step's references are read once, so the cost grows with the steps,
-        # not with steps times matching blobs.
-        if dialect == "sqlite":
-            references = "json_tree(s.data) AS r", "r.key = '$blob' AND r.value"
-        else:
-            references = (
-                """regexp_matches(s.data, '"\\$blob":"([0-9a-f]{32})"', 'g') AS r(ref)""",
-                "r.ref[1]",
-            )
-        self.steps_citing_blobs = (
-            f"SELECT s.tape_id FROM steps AS s, {references[0]} WHERE s.data LIKE :reference "
-            f"AND {references[1]} IN (SELECT hash FROM blobs WHERE text LIKE :pattern)"
-        )
