@@ -338,8 +338,14 @@ class LLMNode(Node):
         one model output gets `make_prompt` of that prefix, so the result is always exact. The
         prompts share their message dicts (copy one before changing it). `inverses` holds
         this node's `inverse` of groups already computed, by the group's first step, so that
-        they are not computed again.
+        they are not computed again. A subclass with its own `make_prompt` gets that for each
+        prefix, so its exports stay exact without more code.
         """
+        if type(self).make_prompt is not LLMNode.make_prompt:
+            return [
+                self.make_prompt(agent, tape.model_copy(update={"steps": tape.steps[:end]}))
+                for end in ends
+            ]
         wanted = set(ends)
         upto = max(wanted, default=0)
         snapshots: dict[int, list[dict[str, Any]]] = {0: []}

@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import random
 import re
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator
 from typing import Any
 
 from tapeagents.agent import Agent, LLMNode, NodeOutput
@@ -35,7 +35,7 @@ from tapeagents.core import (
     Tape,
     UserMessage,
 )
-from tapeagents.llms import LLM, LLMCall, LLMOutput, Prompt
+from tapeagents.llms import LLM, LLMCall, Prompt
 from tapeagents.llms.base import request_hash
 
 from .catalog import FieldSpec
@@ -172,20 +172,6 @@ class CompactNode(LLMNode):
 
     def make_prompt(self, agent: Agent, tape: Tape[Any, Any]) -> Prompt:
         return Prompt(messages=compact_messages(tape))
-
-    def make_prompts(
-        self,
-        agent: Agent,
-        tape: Tape[Any, Any],
-        ends: Sequence[int],
-        *,
-        inverses: Mapping[int, LLMOutput] | None = None,
-    ) -> list[Prompt]:
-        return [self.make_prompt(agent, _prefix(tape, end)) for end in ends]
-
-
-def _prefix(tape: Tape[Any, Any], end: int) -> Tape[Any, Any]:
-    return tape.model_copy(update={"steps": tape.steps[:end]})
 
 
 def student_agent(llm: LLM | str = "local", *, name: str = "student") -> Agent:
@@ -450,16 +436,6 @@ class _TeacherNode(LLMNode):
         if messages and messages[0]["role"] == "system":
             messages[0] = {**messages[0], "content": f"{messages[0]['content']}\n\n{state}"}
         return prompt.model_copy(update={"messages": messages})
-
-    def make_prompts(
-        self,
-        agent: Agent,
-        tape: Tape[Any, Any],
-        ends: Sequence[int],
-        *,
-        inverses: Mapping[int, LLMOutput] | None = None,
-    ) -> list[Prompt]:
-        return [self.make_prompt(agent, _prefix(tape, end)) for end in ends]
 
 
 def teacher_agent(llm: LLM | str, *, think: bool = True) -> Agent:

@@ -24,7 +24,7 @@ from tapeagents.export import (
     tape_examples,
     training_examples,
 )
-from tapeagents.llms import ScriptedLLM
+from tapeagents.llms import Prompt, ScriptedLLM
 from tapeagents.store import TapeStore
 from tests.export.agents import (
     boss_agent,
@@ -88,6 +88,18 @@ def test_make_prompts_equals_make_prompt_on_every_prefix() -> None:
             assert fast == slow
     (prompt,) = included.nodes[0].make_prompts(included, tape, [3])  # type: ignore[attr-defined]
     assert prompt.messages[0]["content"] == "3 steps"
+
+
+def test_a_node_with_its_own_make_prompt_is_exported_with_it() -> None:
+    class Terse(LLMNode):
+        def make_prompt(self, agent, tape):  # type: ignore[no-untyped-def]
+            return Prompt(messages=[{"role": "user", "content": f"{len(tape.steps)} steps"}])
+
+    agent = calc_agent()
+    tape = run_sync(agent, question(2, 3), calc_env()).tape
+    terse = Terse("terse")
+    prompts = terse.make_prompts(agent, tape, [1, 3])
+    assert [p.messages[0]["content"] for p in prompts] == ["1 steps", "3 steps"]
 
 
 def test_output_groups_follow_the_llm_calls() -> None:
