@@ -21,7 +21,7 @@ import json
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, Field
 from tapeagents.environments.form_filler import (
@@ -41,6 +41,9 @@ from tapeagents.agent import Agent
 from tapeagents.export import ExportReport, Selection, training_examples, write_chat_jsonl
 from tapeagents.llms import LLM
 from tapeagents.store import TapeStore
+
+if TYPE_CHECKING:
+    from tapeagents.finetune import FinetuneResult
 
 __all__ = ["CaseStudyConfig", "CaseStudyResult", "main", "run_case_study"]
 
@@ -171,7 +174,7 @@ def _student_llm(config: CaseStudyConfig, adapter: Path | None = None) -> LLM:
     )
 
 
-def _trained(adapter: Path) -> Any:
+def _trained(adapter: Path) -> FinetuneResult:
     """The result of an earlier fine-tuning run, read back from its adapter directory."""
     from tapeagents.finetune import FinetuneResult
 
@@ -181,17 +184,21 @@ def _trained(adapter: Path) -> Any:
     return FinetuneResult.model_validate(json.loads(saved.read_text())["result"])
 
 
-def _evaluate_share(
+async def _student_scores(
     label: str, config: CaseStudyConfig, adapter: Path | None, goals: list[UserGoal]
 ) -> list[DialogueScore]:
-    """One process's share of a student's test dialogues (run in a worker process)."""
+    """The student's scores on the goals, its tapes stored in `out/tapes.db`."""
     agent = student_agent(_student_llm(config, adapter), name=TAGS[label])
-    store = TapeStore(f"sqlite:///{config.out / 'tapes.db'}")
-    try:
-        dialogues = asyncio.run(_evaluate(label, agent, goals, store, config.max_turns))
-    finally:
-        store.close()
+    with TapeStore(f"sqlite:///{config.out / 'tapes.db'}") as store:
+        dialogues = await _evaluate(label, agent, goals, store, config.max_turns)
     return [d.score for d in dialogues]
+
+
+def _student_share(
+    label: str, config: CaseStudyConfig, adapter: Path | None, goals: list[UserGoal]
+) -> list[DialogueScore]:
+    """One worker process's share of a student's test dialogues."""
+    return asyncio.run(_student_scores(label, config, adapter, goals))
 
 
 async def _evaluate_student(
@@ -199,10 +206,7 @@ async def _evaluate_student(
 ) -> list[DialogueScore]:
     """A student's scores on the goals, in `config.processes` worker processes."""
     if config.processes <= 1:
-        agent = student_agent(_student_llm(config, adapter), name=TAGS[label])
-        store = TapeStore(f"sqlite:///{config.out / 'tapes.db'}")
-        dialogues = await _evaluate(label, agent, goals, store, config.max_turns)
-        return [d.score for d in dialogues]
+        return await _student_scores(label, config, adapter, goals)
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
@@ -212,7 +216,7 @@ async def _evaluate_student(
     with ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("spawn")) as pool:
         done = await asyncio.gather(
             *(
-                loop.run_in_executor(pool, _evaluate_share, label, config, adapter, share)
+                loop.run_in_executor(pool, _student_share, label, config, adapter, share)
                 for share in shares
             )
         )
@@ -270,43 +274,43 @@ async def run_case_study(config: CaseStudyConfig) -> CaseStudyResult:
 
     # 3. LoRA fine-tune the student
     start = time.perf_counter()
-    tuned = _trained(config.adapter) if config.adapter else None
-    tuned = tuned or finetune(
-        train_examples,
-        FinetuneConfig(
-            output_dir=config.out / "adapter",
-            model=config.student_model,
-            max_steps=config.max_steps,
-            epochs=config.epochs,
-            batch_size=config.batch_size,
-            learning_rate=config.learning_rate,
-            lora_r=config.lora_r,
-            lora_alpha=config.lora_alpha,
-            seed=config.seed,
-            logging_steps=10,
-        ),
-        validation=validation_examples or None,
-        on_step=lambda step, total, logs: (
-            print(f"[finetune] step {step}/{total} {logs}", flush=True) if step % 10 == 0 else None
-        ),
-    )
+    if config.adapter is not None:
+        tuned = _trained(config.adapter)
+    else:
+        tuned = finetune(
+            train_examples,
+            FinetuneConfig(
+                output_dir=config.out / "adapter",
+                model=config.student_model,
+                max_steps=config.max_steps,
+                epochs=config.epochs,
+                batch_size=config.batch_size,
+                learning_rate=config.learning_rate,
+                lora_r=config.lora_r,
+                lora_alpha=config.lora_alpha,
+                seed=config.seed,
+                logging_steps=10,
+            ),
+            validation=validation_examples or None,
+            on_step=lambda step, total, logs: (
+                print(f"[finetune] step {step}/{total} {logs}", flush=True)
+                if step % 10 == 0
+                else None
+            ),
+        )
     seconds["finetune"] = time.perf_counter() - start
 
     # 4. evaluate on the test forms
-    subjects: dict[str, Path | None] = {"teacher": None}
+    start = time.perf_counter()
+    dialogues = await _evaluate("teacher", _teacher(config), test_goals, store, config.max_turns)
+    seconds["test teacher"] = time.perf_counter() - start
+    test: dict[str, dict[str, Any]] = {"teacher": summarize(d.score for d in dialogues)}
+    students: dict[str, Path | None] = {"fine-tuned student": tuned.adapter_dir}
     if config.evaluate_base:
-        subjects["base student"] = None
-    subjects["fine-tuned student"] = tuned.adapter_dir
-    test: dict[str, dict[str, Any]] = {}
-    for label, adapter in subjects.items():
+        students = {"base student": None, **students}
+    for label, adapter in students.items():
         start = time.perf_counter()
-        if label == "teacher":
-            dialogues = await _evaluate(
-                label, _teacher(config), test_goals, store, config.max_turns
-            )
-            scores = [d.score for d in dialogues]
-        else:
-            scores = await _evaluate_student(label, config, adapter, test_goals)
+        scores = await _evaluate_student(label, config, adapter, test_goals)
         seconds[f"test {label}"] = time.perf_counter() - start
         test[label] = summarize(scores)
     teacher_correct = test["teacher"]["correct"]

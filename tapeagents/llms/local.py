@@ -412,8 +412,9 @@ class LocalLLM(LLM):
                     "ignore", ".*is_gradient_checkpointing.* is deprecated", FutureWarning
                 )
                 model = peft_model.from_pretrained(model, str(Path(self.adapter).expanduser()))
-            # Fold the LoRA weights in: same answers, and generation runs at the base model's
-            # speed instead of paying for the adapter's extra matmuls on every token.
+            # Fold the LoRA weights into the base weights: a plain model to generate with, no
+            # adapter layers to run on every token (a 56-step case-study dialogue: 59 s
+            # unmerged, 55 s merged, on a busy machine).
             model = model.merge_and_unload()
         model.eval()
         loaded = _describe_loaded(

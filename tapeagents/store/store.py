@@ -1011,8 +1011,8 @@ class TapeStore:
                     .order_by(steps.c.tape_id, steps.c.idx)
                 ).all()
                 texts = self._blob_texts(connection, found)  # type: ignore[arg-type]
-                for tape_id, idx, kind, data in found:
-                    step_rows[tape_id].append((tape_id, idx, kind, data))
+                for row in found:
+                    step_rows[row[0]].append(row)  # type: ignore[arg-type]
                 for tape_id in own:
                     if len(step_rows[tape_id]) != rows[tape_id].length:
                         raise StoreError(
