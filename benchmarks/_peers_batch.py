@@ -33,12 +33,12 @@ def main() -> None:
     port, n_tasks, threads = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
     from importlib.metadata import version
 
+    from tapeagents.core import Prompt
     from tapeagents.dialog_tape import AssistantAnswer, AssistantThought, DialogTape, UserStep
 
     import tapeagents
     from tapeagents.agent import Agent, Node
     from tapeagents.batch import batch_main_loop
-    from tapeagents.core import Prompt
     from tapeagents.environment import EmptyEnvironment
     from tapeagents.llms import LiteLLM
 

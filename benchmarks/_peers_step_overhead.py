@@ -32,11 +32,11 @@ def _tapeagents_0116():
     """A faithful 0.1.16 workload: Node.make_prompt + Node.generate_steps, driven by Agent.run."""
     from importlib.metadata import version
 
+    from tapeagents.core import LLMOutput, Prompt, TrainingText
     from tapeagents.dialog_tape import AssistantThought, DialogTape, UserStep
 
     import tapeagents
     from tapeagents.agent import Agent, Node
-    from tapeagents.core import LLMOutput, Prompt, TrainingText
     from tapeagents.llms.base import LLM, LLMEvent, LLMStream
 
     assert "site-packages" in (tapeagents.__file__ or ""), tapeagents.__file__

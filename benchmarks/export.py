@@ -31,7 +31,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 from tapeagents import Agent, FinalAnswer, LLMNode, Tape, TapeMetadata, ToolEnvironment
-from tapeagents.core import StepMetadata, ToolCall, ToolResult, UserMessage
 from tapeagents.export import (
     ExportReport,
     export_chat_jsonl,
@@ -41,6 +40,7 @@ from tapeagents.export import (
     write_token_jsonl,
 )
 from tapeagents.llms import ScriptedLLM
+from tapeagents.steps import StepMetadata, ToolCall, ToolResult, UserMessage
 from tapeagents.store import TapeStore
 
 WORDS = (

@@ -3,8 +3,27 @@
 A tape is the typed, append-only record of one agent session and also its resumable state.
 """
 
-from tapeagents.agent import Agent, LLMNode, Node
-from tapeagents.core import (
+from tapeagents.agent import Agent, Node
+from tapeagents.environment import Environment, ToolEnvironment
+from tapeagents.errors import (
+    ContextWindowExceeded,
+    LLMError,
+    ReplayMismatch,
+    StoreError,
+    TapeAgentsError,
+    UsageError,
+)
+from tapeagents.llm_node import LLMNode
+from tapeagents.orchestrator import (
+    EnvironmentReacted,
+    Finished,
+    LLMCallMade,
+    StepAppended,
+    TextStreamed,
+    run,
+    run_sync,
+)
+from tapeagents.steps import (
     Action,
     AssistantMessage,
     Call,
@@ -21,32 +40,13 @@ from tapeagents.core import (
     Step,
     StepMetadata,
     StopStep,
-    Tape,
-    TapeMetadata,
     Thought,
     ToolCall,
     ToolResult,
     UnknownStep,
     UserMessage,
 )
-from tapeagents.environment import Environment, ToolEnvironment
-from tapeagents.errors import (
-    ContextWindowExceeded,
-    LLMError,
-    ReplayMismatch,
-    StoreError,
-    TapeAgentsError,
-    UsageError,
-)
-from tapeagents.orchestrator import (
-    EnvironmentReacted,
-    Finished,
-    LLMCallMade,
-    StepAppended,
-    TextStreamed,
-    run,
-    run_sync,
-)
+from tapeagents.tape import Tape, TapeMetadata
 
 __version__ = "0.2.0.dev0"
 

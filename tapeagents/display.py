@@ -9,17 +9,17 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from tapeagents.core import (
+from tapeagents.steps import (
     Action,
     Error,
     Observation,
     Step,
     StopStep,
-    Tape,
     Thought,
     ToolCall,
     ToolResult,
 )
+from tapeagents.tape import Tape
 
 __all__ = ["print_tape", "step_style", "step_summary", "tape_table"]
 

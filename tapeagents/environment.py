@@ -19,8 +19,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
-from tapeagents.core import Action, ErrorObservation, Observation, Tape, ToolCall, ToolResult
 from tapeagents.errors import UsageError
+from tapeagents.steps import Action, ErrorObservation, Observation, ToolCall, ToolResult
+from tapeagents.tape import Tape
 
 __all__ = ["Environment", "ToolEnvironment", "ToolSpec", "observe", "react_sync"]
 

@@ -30,7 +30,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from tapeagents.agent import Agent
-from tapeagents.core import (
+from tapeagents.environment import Environment, observe
+from tapeagents.errors import UsageError
+from tapeagents.llms import LLMCall, TextDelta
+from tapeagents.steps import (
     Action,
     ErrorObservation,
     LLMFailure,
@@ -39,12 +42,9 @@ from tapeagents.core import (
     ParsingFailure,
     Step,
     StopStep,
-    Tape,
     UserMessage,
 )
-from tapeagents.environment import Environment, observe
-from tapeagents.errors import UsageError
-from tapeagents.llms import LLMCall, TextDelta
+from tapeagents.tape import Tape
 
 if TYPE_CHECKING:
     from tapeagents.store import TapeStore

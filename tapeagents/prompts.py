@@ -7,6 +7,7 @@ from functools import lru_cache
 from typing import Any
 
 import jinja2
+import jinja2.meta
 
 __all__ = ["TemplateSet"]
 
@@ -37,3 +38,21 @@ class TemplateSet:
         if "{" not in source:
             return source  # plain text: skip jinja entirely
         return self._compile(source).render(**variables)
+
+    def reads(self, source: str, name: str) -> bool:
+        """Whether rendering `source` may read the variable `name`.
+
+        Decided on the parsed template, not its text: true when `name` is used, and whenever the
+        template includes, imports or extends another one (which could use it).
+        """
+        return _reads(self._env, source, name)
+
+
+@lru_cache(maxsize=256)
+def _reads(env: jinja2.Environment, source: str, name: str) -> bool:
+    if "{" not in source:
+        return False
+    syntax = env.parse(source)
+    if any(True for _ in jinja2.meta.find_referenced_templates(syntax)):
+        return True
+    return name in jinja2.meta.find_undeclared_variables(syntax)

@@ -17,10 +17,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from tapeagents.agent import Agent
-from tapeagents.core import Action, Observation, Step, Tape
 from tapeagents.environment import Environment, observe
 from tapeagents.errors import ReplayMismatch, UsageError
 from tapeagents.llms import LLMCall, ReplayLLM
+from tapeagents.steps import Action, Observation, Step
+from tapeagents.tape import Tape
 
 if TYPE_CHECKING:
     from tapeagents.store import TapeStore

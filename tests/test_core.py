@@ -22,7 +22,7 @@ from tapeagents import (
     UsageError,
     UserMessage,
 )
-from tapeagents.core import load_step, step_kinds
+from tapeagents.steps import load_step, step_kinds
 
 json_values = st.recursive(
     st.none()

@@ -13,10 +13,12 @@ import re
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
-from tapeagents.agent import Agent, LLMNode, Node, NodeOutput
-from tapeagents.core import FinalAnswer, Tape
+from tapeagents.agent import Agent, Node, NodeOutput
 from tapeagents.errors import UsageError
+from tapeagents.llm_node import LLMNode
 from tapeagents.llms import LLM
+from tapeagents.steps import FinalAnswer
+from tapeagents.tape import Tape
 
 from .miniwob import task_of
 from .snapshot import Element, parse_snapshot

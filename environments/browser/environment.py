@@ -24,9 +24,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from tapeagents.core import Action, Observation, Tape
 from tapeagents.environment import Environment
 from tapeagents.errors import UsageError
+from tapeagents.steps import Action, Observation
+from tapeagents.tape import Tape
 
 from .snapshot import RefMap, trim_snapshot
 from .steps import (

@@ -23,8 +23,9 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
-from tapeagents.core import Action, Observation, Tape, TapeMetadata
 from tapeagents.errors import UsageError
+from tapeagents.steps import Action, Observation
+from tapeagents.tape import Tape, TapeMetadata
 
 from .environment import BrowserEnvironment, _Session
 from .steps import BrowserAction, PageObservation

@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from tapeagents.core import Action, Observation
+from tapeagents.steps import Action, Observation
 
 __all__ = [
     "ACTION_TYPES",

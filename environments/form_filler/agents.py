@@ -23,8 +23,11 @@ import re
 from collections.abc import AsyncIterator
 from typing import Any
 
-from tapeagents.agent import Agent, LLMNode, NodeOutput
-from tapeagents.core import (
+from tapeagents.agent import Agent, NodeOutput
+from tapeagents.llm_node import LLMNode
+from tapeagents.llms import LLM, LLMCall, Prompt
+from tapeagents.llms.base import request_hash
+from tapeagents.steps import (
     AssistantMessage,
     Error,
     FinalAnswer,
@@ -32,11 +35,9 @@ from tapeagents.core import (
     ParsingFailure,
     Reasoning,
     Step,
-    Tape,
     UserMessage,
 )
-from tapeagents.llms import LLM, LLMCall, Prompt
-from tapeagents.llms.base import request_hash
+from tapeagents.tape import Tape
 
 from .catalog import FieldSpec
 from .environment import FormState, form_state

@@ -15,8 +15,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from tapeagents.agent import Agent
-from tapeagents.core import AssistantMessage, Tape, TapeMetadata, UserMessage
 from tapeagents.orchestrator import Finished, run
+from tapeagents.steps import AssistantMessage, UserMessage
+from tapeagents.tape import Tape, TapeMetadata
 
 from .catalog import get_company
 from .environment import FormFillerEnvironment, form_state

@@ -13,8 +13,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from tapeagents.core import Action, Observation, Step, Tape
 from tapeagents.environment import Environment
+from tapeagents.steps import Action, Observation, Step
+from tapeagents.tape import Tape
 
 from .catalog import Form, forms, get_company, search_forms
 from .steps import (

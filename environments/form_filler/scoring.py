@@ -24,7 +24,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from tapeagents.core import (
+from tapeagents.steps import (
     Action,
     AssistantMessage,
     ErrorObservation,
@@ -32,9 +32,9 @@ from tapeagents.core import (
     LLMFailure,
     ParsingFailure,
     Step,
-    Tape,
     UserMessage,
 )
+from tapeagents.tape import Tape
 
 from .environment import form_state
 from .simulator import UserGoal

@@ -30,10 +30,12 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from tapeagents.agent import Agent, LLMNode, Node, NodeOutput
-from tapeagents.core import AssistantMessage, Tape, UserMessage
+from tapeagents.agent import Agent, Node, NodeOutput
 from tapeagents.errors import UsageError
+from tapeagents.llm_node import LLMNode
 from tapeagents.llms import LLM
+from tapeagents.steps import AssistantMessage, UserMessage
+from tapeagents.tape import Tape
 
 from .catalog import FieldSpec, Form, Split, forms, get_form
 from .validation import FieldError, check_value, same_value

@@ -16,7 +16,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
-from tapeagents.core import Action, Observation
+from tapeagents.steps import Action, Observation
 
 __all__ = [
     "ASSISTANT_ACTIONS",

@@ -29,10 +29,10 @@ from tapeagents.batch.tasks import (
     tape_id_for,
     task_tape,
 )
-from tapeagents.core import Tape, TapeMetadata
 from tapeagents.environment import Environment
 from tapeagents.errors import StoreError, UsageError
 from tapeagents.orchestrator import Finished, LLMCallMade, StepAppended, run
+from tapeagents.tape import Tape, TapeMetadata
 
 if TYPE_CHECKING:
     from rich.console import Console

@@ -9,8 +9,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tapeagents.core import Tape, TapeMetadata, UserMessage
 from tapeagents.errors import UsageError
+from tapeagents.steps import UserMessage
+from tapeagents.tape import Tape, TapeMetadata
 
 __all__ = [
     "Task",

@@ -14,9 +14,10 @@ from rich.markup import escape
 from rich.table import Table
 
 from tapeagents.cli.common import local_time, short
-from tapeagents.core import Step, Tape
 from tapeagents.display import step_style, step_summary
 from tapeagents.llms import LLMCall
+from tapeagents.steps import Step
+from tapeagents.tape import Tape
 
 if TYPE_CHECKING:
     from tapeagents.store import TapeSummary

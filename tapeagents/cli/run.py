@@ -19,16 +19,16 @@ from tapeagents.cli.common import (
     out,
     short,
 )
-from tapeagents.core import NodeFailure, UserMessage
 from tapeagents.llms import LLMCall
 from tapeagents.orchestrator import Finished, LLMCallMade, StepAppended, run
+from tapeagents.steps import NodeFailure, UserMessage
 
 if TYPE_CHECKING:
     from tapeagents.agent import Agent
-    from tapeagents.core import Tape
     from tapeagents.environment import Environment
     from tapeagents.replay import ReplayReport
     from tapeagents.store import TapeStore
+    from tapeagents.tape import Tape
 
 __all__ = ["app"]
 

@@ -16,10 +16,11 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel
 
-from tapeagents.core import Error, Tape
 from tapeagents.errors import UsageError
 from tapeagents.export.selection import Selection, select_tapes
 from tapeagents.llms import LLMCall
+from tapeagents.steps import Error
+from tapeagents.tape import Tape
 
 if TYPE_CHECKING:
     from tapeagents.store import TapeStore

@@ -2,7 +2,7 @@
 
 Every group of steps that one model output produced (`output_groups`) becomes one example: the
 request is what the *target* agent's node sends for the tape up to that group
-(`LLMNode.make_prompts`), and the answer is what that node's `inverse` gives for the steps. The
+(`prefix_prompts`), and the answer is what that node's `inverse` gives for the steps. The
 target may be the agent that made the tape (the examples then equal the recorded calls, which
 `check_exact` verifies) or another one, such as a student with its own prompts.
 
@@ -23,11 +23,14 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, Field, PrivateAttr
 
-from tapeagents.agent import Agent, LLMNode, output_groups
-from tapeagents.core import Error, Observation, ParsingFailure, Step, Tape, ToolCall, UnknownStep
+from tapeagents.agent import Agent
 from tapeagents.errors import TapeAgentsError, UsageError
+from tapeagents.export.prefixes import prefix_prompts
 from tapeagents.export.selection import NO_NOTES, Selection, SplitBy, _Notes, select_tapes, split_of
+from tapeagents.llm_node import LLMNode, output_groups
 from tapeagents.llms import LLMCall, LLMOutput, Prompt
+from tapeagents.steps import Error, Observation, ParsingFailure, Step, ToolCall, UnknownStep
+from tapeagents.tape import Tape
 
 if TYPE_CHECKING:
     from tapeagents.store import Annotation, TapeStore
@@ -425,7 +428,8 @@ def _prompts(
     for items in by_node.values():
         first = items[0]
         try:
-            rendered = first.node.make_prompts(
+            rendered = prefix_prompts(
+                first.node,
                 first.agent,
                 tape,
                 [i.start for i in items],
@@ -489,7 +493,7 @@ def _emits(node: LLMNode, step: Step) -> bool:
         return True
     if node.text_step is not None and type(step) is node.text_step:
         return True
-    return node.mode == "tools" and node._is_content(step)  # text beside tool calls
+    return node.mode == "tools" and node.is_content(step)  # text beside tool calls
 
 
 _NOTHING: set[str] = set()

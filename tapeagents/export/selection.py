@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from tapeagents.core import Tape
 from tapeagents.errors import UsageError
+from tapeagents.tape import Tape
 
 if TYPE_CHECKING:
     from tapeagents.store import Annotation, TapeStore, TapeSummary

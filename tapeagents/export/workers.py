@@ -37,8 +37,8 @@ from tapeagents.export.selection import Selection, SplitBy, split_of, stored_cho
 
 if TYPE_CHECKING:
     from tapeagents.agent import Agent
-    from tapeagents.core import Tape
     from tapeagents.store import TapeStore
+    from tapeagents.tape import Tape
 
 __all__ = ["export_chat_jsonl"]
 

@@ -30,7 +30,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tapeagents.core import new_id
 from tapeagents.errors import ContextWindowExceeded, UsageError
 from tapeagents.llms.base import (
     LLM,
@@ -41,6 +40,7 @@ from tapeagents.llms.base import (
     ToolCallRequest,
     Usage,
 )
+from tapeagents.steps import new_id
 
 __all__ = ["LocalLLM"]
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
-from tapeagents.core import new_id
 from tapeagents.errors import UsageError
 from tapeagents.llms.base import LLM, LLMOutput, Prompt, ToolCallRequest, Usage
+from tapeagents.steps import new_id
 
 __all__ = ["ScriptedLLM", "tool_call"]
 

@@ -10,10 +10,11 @@ from typing import Any
 from pydantic import BaseModel
 from sqlalchemy import bindparam, insert, select, update
 
-from tapeagents.core import Step, TapeMetadata, load_step, step_kinds
 from tapeagents.errors import StoreError, UsageError
+from tapeagents.steps import Step, load_step, step_kinds
 from tapeagents.store.blobs import externalize, insert_blobs
 from tapeagents.store.schema import blobs, llm_calls, steps, tape_tags, tapes
+from tapeagents.tape import TapeMetadata
 
 __all__ = ["Statements", "dumps", "jsonable", "outcome_columns", "parse_steps", "step_row"]
 

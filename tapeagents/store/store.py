@@ -29,9 +29,9 @@ from sqlalchemy import text as sql_text
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
 
-from tapeagents.core import Step, Tape, TapeMetadata, new_id
 from tapeagents.errors import StoreError, UsageError
 from tapeagents.llms.base import LLMCall, LLMOutput, Prompt, TokenLogprob, Usage
+from tapeagents.steps import Step, new_id
 from tapeagents.store import schema
 from tapeagents.store.blobs import blob_refs, externalize, find_blob_refs, internalize
 from tapeagents.store.engine import Transaction, create_store_engine, reason
@@ -45,6 +45,7 @@ from tapeagents.store.rows import (
     step_row,
 )
 from tapeagents.store.schema import annotations, blobs, llm_calls, steps, tape_tags, tapes
+from tapeagents.tape import Tape, TapeMetadata
 
 __all__ = ["DEFAULT_URL", "Annotation", "TapeStore", "TapeSummary", "TapeTree"]
 

@@ -41,8 +41,8 @@ except ImportError as error:  # pragma: no cover - depends on the installed extr
 
 from pydantic import ValidationError
 
-from tapeagents.core import Step, StepMetadata, Tape, UnknownStep, step_kinds
 from tapeagents.errors import StoreError, TapeAgentsError, UsageError
+from tapeagents.steps import Step, StepMetadata, UnknownStep, step_kinds
 from tapeagents.store import TapeStore, TapeSummary
 from tapeagents.studio.render import (
     HERE,
@@ -54,6 +54,7 @@ from tapeagents.studio.render import (
 )
 from tapeagents.studio.runs import Runs
 from tapeagents.studio.security import Guard
+from tapeagents.tape import Tape
 
 __all__ = ["create_app"]
 
@@ -600,7 +601,7 @@ def parse_edit(original: Step, text: str) -> Step:
     payload = {**data, "kind": kind}
     try:
         if cls is None:
-            from tapeagents.core import load_step
+            from tapeagents.steps import load_step
 
             step = load_step(payload)
             step.metadata = metadata

@@ -23,20 +23,20 @@ from typing import Any
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from markupsafe import Markup
 
-from tapeagents.core import (
+from tapeagents.llms.base import LLMCall
+from tapeagents.steps import (
     Action,
     Error,
     Observation,
     Step,
     StopStep,
-    Tape,
     Thought,
     ToolCall,
     ToolResult,
     UnknownStep,
     UserMessage,
 )
-from tapeagents.llms.base import LLMCall
+from tapeagents.tape import Tape
 
 __all__ = [
     "CallView",

@@ -17,15 +17,15 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from tapeagents.core import UserMessage
 from tapeagents.errors import UsageError
 from tapeagents.orchestrator import Finished, StepAppended, run
+from tapeagents.steps import UserMessage
 
 if TYPE_CHECKING:
     from tapeagents.agent import Agent
-    from tapeagents.core import Tape
     from tapeagents.environment import Environment
     from tapeagents.store import TapeStore
+    from tapeagents.tape import Tape
 
 __all__ = ["RunState", "Runs"]
 

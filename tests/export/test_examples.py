@@ -16,7 +16,6 @@ from tapeagents import (
     UserMessage,
     run_sync,
 )
-from tapeagents.agent import output_groups
 from tapeagents.export import (
     ExportError,
     ExportReport,
@@ -24,6 +23,8 @@ from tapeagents.export import (
     tape_examples,
     training_examples,
 )
+from tapeagents.export.prefixes import prefix_prompts
+from tapeagents.llm_node import output_groups
 from tapeagents.llms import Prompt, ScriptedLLM
 from tapeagents.store import TapeStore
 from tests.export.agents import (
@@ -72,7 +73,7 @@ def test_subagent_outputs_are_rebuilt_with_the_subagents_nodes(store: TapeStore)
     assert report.exact and report.checked == 3, report.explain()
 
 
-def test_make_prompts_equals_make_prompt_on_every_prefix() -> None:
+def test_prefix_prompts_equals_make_prompt_on_every_prefix() -> None:
     context_only = calc_agent(system_prompt="Add the numbers in {{ context }}.")
     included = calc_agent(system_prompt="{% include 'count' %}")
     included.templates = type(included.templates)({"count": "{{ tape.steps | length }} steps"})
@@ -83,10 +84,10 @@ def test_make_prompts_equals_make_prompt_on_every_prefix() -> None:
         for node in agent.nodes:
             assert isinstance(node, LLMNode)
             ends = list(range(len(tape.steps) + 1))
-            fast = node.make_prompts(agent, tape, ends)
+            fast = prefix_prompts(node, agent, tape, ends)
             slow = [node.make_prompt(agent, tape.fork(end)) for end in ends]
             assert fast == slow
-    (prompt,) = included.nodes[0].make_prompts(included, tape, [3])  # type: ignore[attr-defined]
+    (prompt,) = prefix_prompts(included.nodes[0], included, tape, [3])  # type: ignore[arg-type]
     assert prompt.messages[0]["content"] == "3 steps"
 
 
@@ -98,7 +99,7 @@ def test_a_node_with_its_own_make_prompt_is_exported_with_it() -> None:
     agent = calc_agent()
     tape = run_sync(agent, question(2, 3), calc_env()).tape
     terse = Terse("terse")
-    prompts = terse.make_prompts(agent, tape, [1, 3])
+    prompts = prefix_prompts(terse, agent, tape, [1, 3])
     assert [p.messages[0]["content"] for p in prompts] == ["1 steps", "3 steps"]
 
 

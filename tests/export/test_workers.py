@@ -10,10 +10,10 @@ import pytest
 import sqlalchemy as sa
 
 from tapeagents import FinalAnswer, StepMetadata, Tape, UserMessage
-from tapeagents.core import new_id
 from tapeagents.errors import StoreError, UsageError
 from tapeagents.export import ExportError, ExportReport, Selection, export_chat_jsonl
 from tapeagents.export import workers as workers_module
+from tapeagents.steps import new_id
 from tapeagents.store import TapeStore
 from tests.export.agents import calc_agent, solve
 

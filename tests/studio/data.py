@@ -20,8 +20,8 @@ from tapeagents import (
     UserMessage,
     run_sync,
 )
-from tapeagents.core import StepMetadata, UnknownStep, load_step
 from tapeagents.llms import LLMCall, LLMOutput, Prompt, ToolCallRequest, Usage
+from tapeagents.steps import StepMetadata, UnknownStep, load_step
 from tapeagents.store import TapeStore
 from tests.studio.agents import calculator
 

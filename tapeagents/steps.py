@@ -1,7 +1,6 @@
-"""Tapes and steps: the typed, append-only record of an agent session.
+"""Steps: the typed entries of a tape, their five families and the registry of kinds.
 
-A `Tape` is a list of `Step`s plus an id, lineage (parent and fork index), a context and
-metadata. Steps come in five families: `Thought` (the agent reasons), `Action` (the agent asks
+Steps come in five families: `Thought` (the agent reasons), `Action` (the agent asks
 the world to do something), `Observation` (the world answers), `StopStep` (the agent is done)
 and `Error` (something went wrong and the tape says what). Concrete step types declare a
 `kind: Literal[...]`; every concrete kind is registered on class creation and tapes load steps
@@ -15,17 +14,14 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Iterable, Iterator, Sequence
-from typing import Any, ClassVar, Generic, Literal, TypeVar
+from typing import Any, ClassVar, Literal
 
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
     PrivateAttr,
-    SerializeAsAny,
     ValidationError,
-    field_validator,
     model_serializer,
 )
 
@@ -48,8 +44,6 @@ __all__ = [
     "Step",
     "StepMetadata",
     "StopStep",
-    "Tape",
-    "TapeMetadata",
     "Thought",
     "ToolCall",
     "ToolResult",
@@ -328,144 +322,3 @@ class NodeFailure(Error):
     """A node raised an exception; the run stops and re-raises it."""
 
     kind: Literal["node_failure"] = "node_failure"
-
-
-# ----------------------------------------------------------------------------- tapes
-
-
-class TapeMetadata(BaseModel):
-    """Outcome and labels of a tape.
-
-    `task_id`, `outcome` and `reward` are what evaluation records, batch runs and exporters
-    select on; the store keeps them in indexed columns.
-    """
-
-    task_id: str | None = None
-    """Which task the session worked on (a benchmark task and seed, a row of a task file)."""
-    outcome: str | None = None
-    """How the task ended, judged by the environment or a scorer: "success", "failure", ..."""
-    reward: float | None = None
-    """A numeric score of the session, when the task has one."""
-    result: Any = None
-    """What the session produced (for example the final answer)."""
-    error: str | None = None
-    """Why the session failed, if it did."""
-    tags: list[str] = Field(default_factory=list)
-    extra: dict[str, Any] = Field(default_factory=dict)
-
-
-ContextT = TypeVar("ContextT")
-StepT = TypeVar("StepT", bound=Step)
-
-
-class Tape(BaseModel, Generic[ContextT, StepT]):
-    """The record and the state of one agent session.
-
-    Append with `append` (O(1), in place). Steps are immutable; `fork` makes a child tape that
-    shares a prefix of the steps. `Tape.model_validate_json` / `model_dump_json` round-trip
-    exactly.
-
-    Example:
-        >>> tape = Tape(steps=[UserMessage(content="hi")])
-        >>> tape.append(AssistantMessage(content="hello"))
-        >>> [step.kind for step in tape]
-        ['user', 'assistant']
-    """
-
-    id: str = Field(default_factory=new_id)
-    parent_id: str | None = None
-    """The tape this one was forked from."""
-    fork_index: int | None = None
-    """How many of the parent's steps this tape starts with."""
-    author: str | None = None
-    """Who made the tape: an agent's name, or a person who edited it."""
-    context: ContextT | None = None
-    """Task data the agent reads (a question, a form, a web task)."""
-    metadata: TapeMetadata = Field(default_factory=TapeMetadata)
-    steps: list[SerializeAsAny[StepT]] = Field(default_factory=list)
-
-    @field_validator("steps", mode="before")
-    @classmethod
-    def _load_steps(cls, value: Any) -> Any:
-        if isinstance(value, list):
-            return [load_step(item) if isinstance(item, dict) else item for item in value]
-        return value
-
-    def append(self, step: StepT) -> None:
-        """Add a step at the end, in place."""
-        self.steps.append(step)
-
-    def extend(self, steps: Iterable[StepT]) -> None:
-        """Add several steps at the end, in place."""
-        self.steps.extend(steps)
-
-    def __len__(self) -> int:
-        return len(self.steps)
-
-    def __iter__(self) -> Iterator[StepT]:  # type: ignore[override]
-        return iter(self.steps)
-
-    def __getitem__(self, index: int) -> StepT:
-        return self.steps[index]
-
-    @property
-    def last(self) -> StepT | None:
-        """The last step, or None for an empty tape."""
-        return self.steps[-1] if self.steps else None
-
-    def fork(self, at: int | None = None, *, author: str | None = None) -> Tape[ContextT, StepT]:
-        """A child tape with this tape's first `at` steps (all by default) and a new id."""
-        n = len(self.steps) if at is None else at
-        if not 0 <= n <= len(self.steps):
-            raise UsageError(f"Cannot fork at step {n}: the tape has {len(self.steps)} steps.")
-        return self.model_copy(
-            update={
-                "id": new_id(),
-                "parent_id": self.id,
-                "fork_index": n,
-                "author": author or self.author,
-                "metadata": TapeMetadata(tags=list(self.metadata.tags)),
-                "steps": self.steps[:n],
-            }
-        )
-
-    def pending_actions(self) -> list[Action]:
-        """Actions of the last agent turn that have no observation yet, oldest first.
-
-        An observation answers the action whose id it names; an observation that names none (a
-        user message) answers the `awaits_input` actions before it. Only the last turn is
-        scanned, so the cost does not grow with the tape.
-        """
-        answered: set[str] = set()
-        input_seen = False
-        seen_agent_step = False
-        pending: list[Action] = []
-        for step in reversed(self.steps):
-            if isinstance(step, Observation):
-                if seen_agent_step:
-                    break
-                if step.action_id is None:
-                    input_seen = True
-                else:
-                    answered.add(step.action_id)
-            else:
-                seen_agent_step = True
-                if isinstance(step, Action) and step.metadata.id not in answered:
-                    if not (step.awaits_input and input_seen):
-                        pending.append(step)
-        pending.reverse()
-        return pending
-
-    def kinds(self) -> list[str]:
-        """The kinds of all steps, in order (handy in tests and logs)."""
-        return [step.kind for step in self.steps]
-
-    def _repr_html_(self) -> str:
-        """The studio's step view, for Jupyter (self-contained HTML, everything escaped)."""
-        from tapeagents.studio.render import tape_html  # jinja2 only, no web framework
-
-        return tape_html(self)
-
-    def steps_of(self, *types: type[Step]) -> Sequence[Step]:
-        """The steps that are instances of any of `types`."""
-        return [step for step in self.steps if isinstance(step, types)]

@@ -1,0 +1,500 @@
+"""LLMNode: the node that asks a model, and the exact inverse of how it reads the answer.
+
+It renders the tape as chat messages under a system prompt, offers its step types to the model
+as tools (or as a JSON format), and parses the answer into steps. `LLMNode.inverse` is the exact
+inverse of that parse, so any tape becomes training data (see `tapeagents.export`).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from typing import Any, Literal
+
+from pydantic import ValidationError
+
+from tapeagents.agent import Agent, Node, NodeOutput
+from tapeagents.environment import ToolSpec
+from tapeagents.errors import LLMError, UsageError
+from tapeagents.llms import LLMCall, LLMOutput, Prompt, ToolCallRequest
+from tapeagents.steps import (
+    Action,
+    AssistantMessage,
+    Call,
+    Error,
+    LLMFailure,
+    Observation,
+    ParsingFailure,
+    Reasoning,
+    Step,
+    ToolCall,
+    UnknownStep,
+)
+from tapeagents.tape import Tape
+
+__all__ = ["LLMNode", "output_groups"]
+
+_ACK = "recorded"
+"""Tool-message content that acknowledges a step the model emitted as a tool call."""
+
+_FENCE = re.compile(r"```(?:json)?\s*(.*?)```", re.DOTALL)
+
+
+class LLMNode(Node):
+    """A node that asks an LLM for its next steps.
+
+    The prompt is the rendered `system_prompt` (jinja2; it sees `tape`, `context` and `agent`)
+    followed by the tape as chat messages. The step types in `steps`, and the environment's
+    `tools`, are offered to the model:
+
+    - `mode="tools"`: as native tools; plain text in the answer becomes a `text_step`.
+    - `mode="json"`: as a JSON format described in the system prompt, for models without
+      tool calling; the answer must be a JSON list of step objects, each with its `kind`.
+
+    An answer that cannot be parsed becomes a `ParsingFailure` step with the raw text, and the
+    node is asked again (the model sees its answer and the error).
+
+    Args:
+        name: The node's name, unique within the agent.
+        system_prompt: Jinja2 template of the system message.
+        steps: Step types the model may produce.
+        tools: Tools of the environment the model may call (they become `ToolCall`s).
+        llm: Name of the agent's LLM to use.
+        mode: "tools" or "json", as above.
+        text_step: Step type that plain text becomes (default: `AssistantMessage` when allowed).
+    """
+
+    def __init__(
+        self,
+        name: str = "main",
+        *,
+        system_prompt: str = "",
+        steps: Sequence[type[Step]] = (AssistantMessage,),
+        tools: Sequence[ToolSpec] = (),
+        llm: str = "default",
+        mode: Literal["tools", "json"] = "tools",
+        text_step: type[Step] | None = None,
+    ) -> None:
+        super().__init__(name)
+        self.system_prompt = system_prompt
+        self.llm = llm
+        self.mode = mode
+        self.tools = list(tools)
+        self._tool_names = {tool.name for tool in self.tools}
+        if text_step is None and AssistantMessage in steps:
+            text_step = AssistantMessage
+        if text_step is not None and _single_text_field(text_step) is None:
+            raise UsageError(f"text_step {text_step.__name__} must have exactly one str field.")
+        self.text_step = text_step
+        self.step_types: dict[str, type[Step]] = {
+            cls.model_fields["kind"].default: cls for cls in steps if cls is not text_step
+        }
+        # Text beside tool calls is kept as the model's reasoning when there is no text step.
+        self._content_type: type[Step] | None = text_step or (
+            None if "reasoning" in self.step_types else Reasoning
+        )
+        clash = self._tool_names & set(self.step_types)
+        if clash:
+            raise UsageError(f"Tools and step kinds share names {sorted(clash)}; rename the tools.")
+        self._schema_cache: list[dict[str, Any]] | None = None
+
+    # --------------------------------------------------------------------- prompt
+
+    def tool_schemas(self) -> list[dict[str, Any]]:
+        """Environment tools and step types, in the OpenAI tools format."""
+        if self._schema_cache is None:
+            schemas = [tool.openai_schema() for tool in self.tools]
+            for kind, cls in self.step_types.items():
+                schemas.append(
+                    {
+                        "type": "function",
+                        "function": {
+                            "name": kind,
+                            "description": (cls.__doc__ or kind).strip().split("\n")[0],
+                            "parameters": _fields_schema(cls),
+                        },
+                    }
+                )
+            self._schema_cache = schemas
+        return self._schema_cache
+
+    def json_instructions(self) -> str:
+        """The output format explained to a model in JSON mode."""
+        formats = [
+            json.dumps({"kind": kind, **_example_fields(cls)})
+            for kind, cls in self.step_types.items()
+        ]
+        formats += [
+            json.dumps({"kind": "tool_call", "name": tool.name, "arguments": tool.parameters})
+            for tool in self.tools
+        ]
+        if self.text_step is not None:
+            formats.insert(
+                0,
+                json.dumps(
+                    {
+                        "kind": self.text_step.model_fields["kind"].default,
+                        **_example_fields(self.text_step),
+                    }
+                ),
+            )
+        return (
+            "Answer with a JSON list of steps and nothing else. Each step is one of:\n"
+            + "\n".join(formats)
+        )
+
+    def make_prompt(self, agent: Agent, tape: Tape[Any, Any]) -> Prompt:
+        """The exact request this node sends for `tape`."""
+        messages = self.system_messages(agent, tape) + self.tape_messages(tape)
+        return Prompt(messages=messages, tools=self.prompt_tools())
+
+    def system_messages(self, agent: Agent, tape: Tape[Any, Any]) -> list[dict[str, Any]]:
+        system = agent.templates.render(
+            self.system_prompt, tape=tape, context=tape.context, agent=agent
+        )
+        if self.mode == "json":
+            system = (
+                f"{system}\n\n{self.json_instructions()}" if system else self.json_instructions()
+            )
+        return [{"role": "system", "content": system}] if system else []
+
+    def prompt_tools(self) -> list[dict[str, Any]] | None:
+        return self.tool_schemas() if self.mode == "tools" and self.tool_schemas() else None
+
+    def tape_messages(self, tape: Tape[Any, Any], end: int | None = None) -> list[dict[str, Any]]:
+        """The first `end` steps of the tape (default: all) as chat messages in this node's format.
+
+        Steps from one LLM call form one assistant message, rebuilt with `inverse`.
+        """
+        steps = tape.steps[:end] if end is not None else tape.steps
+        messages: list[dict[str, Any]] = []
+        for _, group in self.message_groups(steps):
+            messages.extend(group)
+        return messages
+
+    def message_groups(
+        self, steps: Sequence[Step], inverses: Mapping[int, LLMOutput] | None = None
+    ) -> Iterator[tuple[int, list[dict[str, Any]]]]:
+        """For each group of `output_groups(steps)`: where it ends, and its chat messages."""
+        tool_ids: dict[str, str] = {}  # action metadata id -> tool call id
+        for start, stop in output_groups(steps):
+            step = steps[start]
+            if isinstance(step, Observation):
+                yield stop, [self._observation_message(step, tool_ids)]
+            elif isinstance(step, ParsingFailure):
+                yield (
+                    stop,
+                    [
+                        {"role": "assistant", "content": step.raw_output},
+                        {
+                            "role": "user",
+                            "content": f"Your answer could not be used: {step.error}\n"
+                            "Answer again in the required format.",
+                        },
+                    ],
+                )
+            elif isinstance(step, Error):
+                yield stop, []  # infrastructure failures are not part of the conversation
+            elif isinstance(step, UnknownStep):
+                yield stop, [{"role": "user", "content": f"[{step.kind}] {step.llm_text()}"}]
+            else:
+                group = steps[start:stop]
+                known = inverses.get(start) if inverses else None
+                output = known if known is not None else self.inverse(group)
+                messages = [output.as_message()]
+                for step_in_group, request in zip(
+                    _tool_call_steps(self, group), output.tool_calls, strict=True
+                ):
+                    if isinstance(step_in_group, Action):
+                        tool_ids[step_in_group.metadata.id] = request.id
+                    else:
+                        messages.append(
+                            {"role": "tool", "tool_call_id": request.id, "content": _ACK}
+                        )
+                yield stop, messages
+
+    def _observation_message(
+        self, step: Observation, tool_ids: Mapping[str, str]
+    ) -> dict[str, Any]:
+        call_id = tool_ids.get(step.action_id) if step.action_id else None
+        if step.kind == "user":
+            return {"role": "user", "content": step.llm_text()}
+        text = step.llm_dict().get("content") if step.kind == "tool_result" else None
+        if text is None:
+            text = step.llm_text()
+        if call_id is not None and self.mode == "tools":
+            return {"role": "tool", "tool_call_id": call_id, "content": text}
+        return {"role": "user", "content": f"[{step.kind}] {text}"}
+
+    # --------------------------------------------------------------------- output
+
+    def parse(self, output: LLMOutput) -> list[Step]:
+        """Turn a model's answer into steps, or one `ParsingFailure` that keeps the raw answer."""
+        try:
+            if self.mode == "json":
+                return self._parse_json(output.content or "")
+            return self._parse_tools(output)
+        except _ParseError as error:
+            return [ParsingFailure(error=str(error), raw_output=output.raw_text())]
+
+    def _parse_tools(self, output: LLMOutput) -> list[Step]:
+        steps: list[Step] = []
+        text = (output.content or "").strip()
+        if text:
+            if self.text_step is not None:
+                steps.append(_text_step(self.text_step, text))
+            elif output.tool_calls and self._content_type is not None:
+                steps.append(_text_step(self._content_type, text))
+            else:
+                raise _ParseError(
+                    "The answer is plain text, but this node expects tool calls: "
+                    f"{', '.join(sorted(self._tool_names | set(self.step_types)))}. (Developers: "
+                    "add AssistantMessage to the node's steps to accept text answers.)"
+                )
+        for request in output.tool_calls:
+            try:
+                arguments = json.loads(request.arguments or "{}")
+            except json.JSONDecodeError as error:
+                message = f"Arguments of tool call {request.name!r} are not JSON: {error}"
+                raise _ParseError(message) from None
+            if not isinstance(arguments, dict):
+                raise _ParseError(f"Arguments of tool call {request.name!r} must be an object.")
+            step = self._step_from_call(request.name, arguments, request.id)
+            steps.append(step)
+        if not steps:
+            raise _ParseError("The answer is empty.")
+        return steps
+
+    def _parse_json(self, text: str) -> list[Step]:
+        fenced = _FENCE.search(text)
+        body = (fenced.group(1) if fenced else text).strip()
+        start = min((i for i in (body.find("["), body.find("{")) if i >= 0), default=-1)
+        if start < 0:
+            if self.text_step is not None and body:
+                return [_text_step(self.text_step, body)]
+            raise _ParseError("The answer contains no JSON.")
+        try:
+            data, _ = json.JSONDecoder().raw_decode(body[start:])
+        except json.JSONDecodeError as error:
+            raise _ParseError(f"The answer is not valid JSON: {error}") from None
+        items = data if isinstance(data, list) else [data]
+        steps: list[Step] = []
+        for item in items:
+            if not isinstance(item, dict) or not isinstance(item.get("kind"), str):
+                raise _ParseError(f"Each step must be an object with a 'kind', got {item!r:.200}.")
+            fields = {k: v for k, v in item.items() if k != "kind"}
+            kind = item["kind"]
+            if kind == "tool_call":
+                name = fields.get("name")
+                arguments = fields.get("arguments", {})
+                if not isinstance(name, str) or not isinstance(arguments, dict):
+                    raise _ParseError(
+                        "A tool_call needs a string 'name' and an object 'arguments'."
+                    )
+                steps.append(self._step_from_call(name, arguments, None))
+            elif self.text_step is not None and kind == self.text_step.model_fields["kind"].default:
+                steps.append(self._validate(self.text_step, fields, None))
+            else:
+                steps.append(self._step_from_call(kind, fields, None))
+        if not steps:
+            raise _ParseError("The answer is an empty list of steps.")
+        return steps
+
+    def _step_from_call(self, name: str, arguments: dict[str, Any], call_id: str | None) -> Step:
+        if name in self._tool_names:
+            extra = {"call_id": call_id} if call_id else {}
+            return ToolCall(name=name, arguments=arguments, **extra)
+        cls = self.step_types.get(name)
+        if cls is None:
+            known = sorted(self._tool_names | set(self.step_types))
+            raise _ParseError(
+                f"Unknown tool or step {name!r}; expected one of: {', '.join(known)}."
+            )
+        return self._validate(cls, arguments, call_id)
+
+    @staticmethod
+    def _validate(cls: type[Step], fields: dict[str, Any], call_id: str | None) -> Step:
+        if "metadata" in fields or "kind" in fields:
+            raise _ParseError(f"Step {cls.__name__} cannot set 'kind' or 'metadata'.")
+        try:
+            step = cls.model_validate(fields)
+        except ValidationError as error:
+            raise _ParseError(f"Invalid {cls.model_fields['kind'].default}: {error}") from None
+        if call_id:
+            step.metadata.extra["tool_call_id"] = call_id
+        return step
+
+    def inverse(self, steps: Sequence[Step]) -> LLMOutput:
+        """The model output that `parse` turns into exactly these steps (metadata aside)."""
+        if self.mode == "json":
+            items: list[dict[str, Any]] = []
+            for step in steps:
+                if isinstance(step, ToolCall):
+                    items.append(
+                        {"kind": "tool_call", "name": step.name, "arguments": step.arguments}
+                    )
+                else:
+                    items.append({"kind": step.kind, **step.llm_dict()})
+            return LLMOutput(content=json.dumps(items, ensure_ascii=False))
+        texts: list[str] = []
+        calls: list[ToolCallRequest] = []
+        for step in steps:
+            if self.is_content(step):
+                texts.append(_text_of(step))
+            elif isinstance(step, ToolCall):
+                calls.append(
+                    ToolCallRequest(
+                        id=step.call_id,
+                        name=step.name,
+                        arguments=json.dumps(step.arguments, ensure_ascii=False),
+                    )
+                )
+            else:
+                calls.append(
+                    ToolCallRequest(
+                        id=step.metadata.extra.get("tool_call_id")
+                        or f"call_{step.metadata.id[:24]}",
+                        name=step.kind,
+                        arguments=json.dumps(step.llm_dict(), ensure_ascii=False),
+                    )
+                )
+        return LLMOutput(content="\n\n".join(texts) if texts else None, tool_calls=calls)
+
+    def is_content(self, step: Step) -> bool:
+        """Whether `inverse` renders this step as the message text (not as a tool call)."""
+        return self._content_type is not None and type(step) is self._content_type
+
+    # --------------------------------------------------------------------- run
+
+    async def generate(self, agent: Agent, tape: Tape[Any, Any]) -> AsyncIterator[NodeOutput]:
+        prompt = self.make_prompt(agent, tape)
+        llm = agent.llm(self.llm)
+        call: LLMCall | None = None
+        try:
+            async for item in llm.stream_call(prompt):
+                if isinstance(item, LLMCall):
+                    call = item
+                else:
+                    yield item
+        except LLMError as error:
+            yield LLMFailure(error=f"{type(error).__name__}: {error}")
+            return
+        if call is None:
+            raise UsageError(f"{llm!r}.stream() ended without a final LLMOutput.")
+        yield call
+        steps = self.parse(call.output)
+        unknown = [
+            s.agent_name
+            for s in steps
+            if isinstance(s, Call) and s.agent_name not in agent.subagents
+        ]
+        if unknown:
+            known = ", ".join(agent.subagents) or "none"
+            steps = [
+                ParsingFailure(
+                    error=f"Unknown agent {unknown[0]!r} in call; agents you can call: {known}.",
+                    raw_output=call.output.raw_text(),
+                )
+            ]
+        for step in steps:
+            step.metadata.llm_call_id = call.id
+            if call.retries:  # kept on the tape: the store does not keep LLMCall.retries
+                step.metadata.extra["llm_retries"] = call.retries
+            yield step
+
+
+class _ParseError(Exception):
+    pass
+
+
+def output_groups(steps: Sequence[Step]) -> list[tuple[int, int]]:
+    """The `(start, stop)` index ranges of `steps` that one model output produced.
+
+    Consecutive agent steps with the same `llm_call_id` form a group, and so do consecutive
+    agent steps without one from the same agent and node (a non-LLM turn, or steps written by
+    hand). Every observation, error and unknown step is a group of its own. Prompts render each
+    group as one message, and exporters make one training example of each LLM-produced group.
+    """
+    groups: list[tuple[int, int]] = []
+    i, n = 0, len(steps)
+    while i < n:
+        step = steps[i]
+        j = i + 1
+        if not isinstance(step, Observation | Error | UnknownStep):
+            while j < n and _same_output(step, steps[j]):
+                j += 1
+        groups.append((i, j))
+        i = j
+    return groups
+
+
+def _same_output(first: Step, other: Step) -> bool:
+    """Whether two agent steps came from the same model output (or the same non-LLM turn)."""
+    if isinstance(other, Observation | Error | UnknownStep):
+        return False
+    meta, other_meta = first.metadata, other.metadata
+    if meta.llm_call_id is not None:
+        return other_meta.llm_call_id == meta.llm_call_id
+    return (
+        other_meta.llm_call_id is None
+        and other_meta.agent == meta.agent
+        and other_meta.node == meta.node
+    )
+
+
+def _tool_call_steps(node: LLMNode, group: Sequence[Step]) -> list[Step]:
+    """The steps of a group that `inverse` renders as tool calls, in order."""
+    if node.mode == "json":
+        return []
+    return [s for s in group if not node.is_content(s)]
+
+
+def _single_text_field(cls: type[Step]) -> str | None:
+    names = [n for n in cls.model_fields if n not in ("kind", "metadata")]
+    required = [n for n in names if cls.model_fields[n].is_required()]
+    if len(required) == 1 and cls.model_fields[required[0]].annotation is str:
+        return required[0]
+    return None
+
+
+def _text_step(cls: type[Step], text: str) -> Step:
+    field = _single_text_field(cls)
+    assert field is not None
+    return cls.model_validate({field: text})
+
+
+def _text_of(step: Step) -> str:
+    field = _single_text_field(type(step))
+    assert field is not None
+    return str(getattr(step, field))
+
+
+def _fields_schema(cls: type[Step]) -> dict[str, Any]:
+    schema = cls.model_json_schema()
+    props = {
+        k: {kk: vv for kk, vv in v.items() if kk != "title"}
+        for k, v in schema.get("properties", {}).items()
+        if k not in ("kind", "metadata")
+    }
+    result: dict[str, Any] = {"type": "object", "properties": props}
+    required = [r for r in schema.get("required", []) if r not in ("kind", "metadata")]
+    if required:
+        result["required"] = required
+    if "$defs" in schema:
+        defs = {k: v for k, v in schema["$defs"].items() if k != "StepMetadata"}
+        if defs:
+            result["$defs"] = defs
+    return result
+
+
+def _example_fields(cls: type[Step]) -> dict[str, Any]:
+    return {
+        name: (
+            field.annotation.__name__
+            if isinstance(field.annotation, type)
+            else str(field.annotation)
+        )
+        for name, field in cls.model_fields.items()
+        if name not in ("kind", "metadata")
+    }
