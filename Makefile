@@ -36,15 +36,21 @@ demo: $(VENV)/.local
 test: $(VENV)/.dev chromium
 	$(OFFLINE) TAPEAGENTS_REQUIRE_POSTGRES=1 scripts/with-postgres.sh $(PY) -m pytest -q -p no:cacheprovider
 
-# The slow tests CI runs after `make test`: fine-tuning the local model beats the base model.
+# The slow tests CI runs after `make test`: fine-tuning the local model beats the base model,
+# and the package installs without extras into a clean venv and runs the quickstart.
 test-slow-key: $(VENV)/.dev
-	$(OFFLINE) $(PY) -m pytest -q -p no:cacheprovider -m slow tests/finetune/test_finetune.py
+	$(OFFLINE) $(PY) -m pytest -q -p no:cacheprovider -m slow tests/finetune/test_finetune.py \
+	  tests/test_clean_install.py
 
 test-all: $(VENV)/.dev chromium
 	$(OFFLINE) TAPEAGENTS_REQUIRE_POSTGRES=1 scripts/with-postgres.sh $(PY) -m pytest -q -p no:cacheprovider -m ''
 
+# ruff (with the private-name and environments rules), the layer contracts (import-linter, see
+# [tool.importlinter]) and mypy --strict over layers 1 and 2 (see [tool.mypy]).
 lint: $(VENV)/.dev
 	$(VENV)/bin/ruff check tapeagents environments examples tests benchmarks
+	$(VENV)/bin/lint-imports
+	$(VENV)/bin/mypy
 
 # Peers for the side-by-side benchmarks (the original TapeAgents 0.1.16 and LangGraph) live in
 # their own venv: 0.1.16 is also imported as `tapeagents`. It is installed without its UI and

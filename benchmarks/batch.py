@@ -134,12 +134,11 @@ def make_agent(backend: str, port: int) -> Any:
 async def drain(
     agent: Any, tasks: list[dict[str, Any]], store: Any, concurrency: int, batch_id: str
 ) -> tuple[int, int]:
-    from tapeagents.batch import run_batch
+    from tapeagents.batch import BatchOptions, run_batch
 
     calls = errors = 0
-    async for result in run_batch(
-        agent, tasks, store=store, concurrency=concurrency, batch_id=batch_id
-    ):
+    options = BatchOptions(concurrency=concurrency, batch_id=batch_id)
+    async for result in run_batch(agent, tasks, store=store, options=options):
         result.tape = None  # keep only what a long batch keeps: the store has the tape
         calls += result.llm_calls
         errors += result.status != "stopped"

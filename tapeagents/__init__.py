@@ -3,6 +3,8 @@
 A tape is the typed, append-only record of one agent session and also its resumable state.
 """
 
+import sys
+
 from tapeagents.agent import Agent, Node
 from tapeagents.environment import Environment, ToolEnvironment
 from tapeagents.errors import (
@@ -93,3 +95,14 @@ __all__ = [
     "run",
     "run_sync",
 ]
+
+
+def _show_tapes_in_notebooks() -> None:
+    """In IPython, tapes show themselves as HTML (`tapeagents.render.notebook`, imported lazily)."""
+    if "IPython" in sys.modules:
+        from tapeagents.render.notebook import register_notebook_formatter
+
+        register_notebook_formatter()
+
+
+_show_tapes_in_notebooks()

@@ -127,7 +127,7 @@ class Agent:
     def active_path(self, tape: Tape[Any, Any]) -> str:
         """Path of the agent that holds the tape now (after `Call`s and `Respond`s)."""
         for step in reversed(tape.steps):
-            path = step.metadata.agent
+            path: str = step.metadata.agent
             if not path or not (path == self.name or path.startswith(self.name + "/")):
                 continue  # the environment, the user, or a foreign agent
             if isinstance(step, Call):
@@ -180,6 +180,11 @@ class Agent:
             if isinstance(item, Step):
                 item.metadata.agent = path
                 item.metadata.node = node.name
+            elif not isinstance(item, LLMCall | TextDelta):  # user code: check what it yields
+                raise UsageError(
+                    f"Node {node.name!r} yielded {type(item).__name__}; "
+                    "nodes yield steps, LLM calls and text deltas."
+                )
             yield item
 
     def __repr__(self) -> str:

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from tapeagents.errors import UsageError
 from tapeagents.steps import Action, ErrorObservation, Observation, ToolCall, ToolResult
+from tapeagents.sync import run_blocking
 from tapeagents.tape import Tape
 
 __all__ = ["Environment", "ToolEnvironment", "ToolSpec", "observe", "react_sync"]
@@ -66,8 +67,10 @@ async def observe(env: Environment, action: Action, tape: Tape[Any, Any]) -> Obs
 
 
 def react_sync(env: Environment, action: Action, tape: Tape[Any, Any]) -> Observation:
-    """Blocking `observe`, for scripts and notebooks without an event loop."""
-    return asyncio.run(observe(env, action, tape))
+    """Blocking `observe`, for scripts without an event loop (in one, `await observe(...)`)."""
+    return run_blocking(
+        observe(env, action, tape), sync_name="react_sync", use_instead="await observe(...)"
+    )
 
 
 # ----------------------------------------------------------------------------- tools
@@ -124,7 +127,7 @@ class ToolSpec(BaseModel):
             annotation = hints.get(name, Any)
             default = ... if param.default is param.empty else param.default
             fields[name] = (annotation, Field(default, description=arg_docs.get(name)))
-        model = create_model(f"{function.__name__}_arguments", **fields)  # type: ignore[call-overload]
+        model = create_model(f"{function.__name__}_arguments", **fields)
         schema = model.model_json_schema()
         schema.pop("title", None)
         for prop in schema.get("properties", {}).values():

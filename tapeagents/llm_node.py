@@ -303,8 +303,9 @@ class LLMNode(Node):
 
     def _step_from_call(self, name: str, arguments: dict[str, Any], call_id: str | None) -> Step:
         if name in self._tool_names:
-            extra = {"call_id": call_id} if call_id else {}
-            return ToolCall(name=name, arguments=arguments, **extra)
+            if call_id:
+                return ToolCall(name=name, arguments=arguments, call_id=call_id)
+            return ToolCall(name=name, arguments=arguments)
         cls = self.step_types.get(name)
         if cls is None:
             known = sorted(self._tool_names | set(self.step_types))
@@ -399,8 +400,6 @@ class LLMNode(Node):
             ]
         for step in steps:
             step.metadata.llm_call_id = call.id
-            if call.retries:  # kept on the tape: the store does not keep LLMCall.retries
-                step.metadata.extra["llm_retries"] = call.retries
             yield step
 
 

@@ -27,7 +27,7 @@ import asyncio
 import traceback
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, assert_never
 
 from tapeagents.agent import Agent
 from tapeagents.environment import Environment, observe
@@ -44,6 +44,7 @@ from tapeagents.steps import (
     StopStep,
     UserMessage,
 )
+from tapeagents.sync import run_blocking
 from tapeagents.tape import Tape
 
 if TYPE_CHECKING:
@@ -203,10 +204,7 @@ async def run(
                 elif isinstance(item, TextDelta):
                     yield TextStreamed(item.text)
                 else:
-                    raise UsageError(
-                        f"Node {node.name!r} yielded {type(item).__name__}; "
-                        "nodes yield steps, LLM calls and text deltas."
-                    )
+                    assert_never(item)  # Agent.step lets nothing else through
         except Exception as error:  # a bug in agent code: record it, then let it surface
             failure = NodeFailure(error="".join(traceback.format_exception_only(error)).strip())
             failure.metadata.agent, failure.metadata.node = path, node.name
@@ -272,7 +270,7 @@ class _Recorder:
         if writing is not None:
             await writing
 
-    async def finish(self, reason: str) -> None:
+    async def finish(self, reason: StopReason) -> None:
         if self.store is not None:
             await self.settle()
             if self._unsaved_calls:
@@ -300,15 +298,6 @@ def run_sync(
         >>> result.reason, result.tape.kinds()
         ('awaiting_input', ['user', 'assistant'])
     """
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        pass
-    else:
-        raise UsageError(
-            "run_sync() cannot be called from a running event loop; use "
-            "`async for event in run(...)` instead."
-        )
 
     async def drain() -> Finished:
         events = run(agent, tape, env, max_steps=max_steps, max_errors=max_errors, store=store)
@@ -317,4 +306,4 @@ def run_sync(
                 return event
         raise AssertionError("run() ended without a Finished event")
 
-    return asyncio.run(drain())
+    return run_blocking(drain(), sync_name="run_sync", use_instead="async for event in run(...)")

@@ -11,7 +11,6 @@ recorded, ends the replay with a report that shows both versions.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -21,6 +20,7 @@ from tapeagents.environment import Environment, observe
 from tapeagents.errors import ReplayMismatch, UsageError
 from tapeagents.llms import LLMCall, ReplayLLM
 from tapeagents.steps import Action, Observation, Step
+from tapeagents.sync import run_blocking
 from tapeagents.tape import Tape
 
 if TYPE_CHECKING:
@@ -149,8 +149,12 @@ def replay_sync(
     store: TapeStore | None = None,
     env: Environment | None = None,
 ) -> ReplayReport:
-    """Blocking `replay`."""
-    return asyncio.run(replay(agent, tape, llm_calls=llm_calls, store=store, env=env))
+    """Blocking `replay`; inside a running event loop, `await replay(...)` instead."""
+    return run_blocking(
+        replay(agent, tape, llm_calls=llm_calls, store=store, env=env),
+        sync_name="replay_sync",
+        use_instead="await replay(...)",
+    )
 
 
 def assert_replays(

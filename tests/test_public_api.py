@@ -21,11 +21,34 @@ def test_all_lists_exactly_the_public_names() -> None:
         assert getattr(tapeagents.llms, name) is not None
 
 
+def test_llms_exports_the_backends_and_the_test_doubles() -> None:
+    assert set(tapeagents.llms.__all__) == {
+        "LLM",
+        "CachedLLM",
+        "LLMCall",
+        "LLMOutput",
+        "LiteLLM",
+        "LocalLLM",
+        "OpenAICompatLLM",
+        "Prompt",
+        "RateLimit",
+        "ReplayLLM",
+        "ScriptedLLM",
+        "TestLLM",
+        "TextDelta",
+        "TokenLogprob",
+        "ToolCallRequest",
+        "Usage",
+        "resolve_llm",
+        "tool_call",
+    }
+
+
 def test_import_is_light() -> None:
     code = (
         "import sys, time; t = time.perf_counter(); import tapeagents, tapeagents.llms; "
         "elapsed = time.perf_counter() - t; "
-        "heavy = [m for m in ('litellm', 'torch', 'transformers', 'playwright', 'ray') "
+        "heavy = [m for m in ('litellm', 'torch', 'transformers', 'playwright', 'ray', 'fastapi') "
         "if m in sys.modules]; "
         "print(heavy, elapsed)"
     )

@@ -11,8 +11,8 @@ import ast
 import operator
 
 from tapeagents import Agent, LLMNode, Tape, ToolEnvironment, UserMessage, run_sync
-from tapeagents.display import print_tape
 from tapeagents.llms import LLM, resolve_llm
+from tapeagents.render import print_tape
 from tapeagents.store import TapeStore
 
 SYSTEM_PROMPT = """You are a helpful assistant. Answer briefly.

@@ -2,18 +2,19 @@
 
 `run_batch` (async, yields results as they finish) and `run_batch_sync` (blocking, with an
 optional progress bar) run on asyncio in this process, or on Ray workers (`backend="ray"`,
-extra `ray`) that all write to one PostgreSQL store. `read_tasks` reads a JSONL task file.
+extra `ray`) that all write to one PostgreSQL store; `BatchOptions` says how. `read_tasks`
+reads a JSONL task file.
+
+Modules, from the bottom up: `tasks` (tasks and their tapes), `options`, `results`, `runner`
+(one event loop's worth of tasks), `ray_backend` (chunks on Ray workers), `progress` (the live
+view) and `api` (the entry points, which choose the backend).
 """
 
+from tapeagents.batch.api import run_batch, run_batch_sync
+from tapeagents.batch.options import BatchOptions
 from tapeagents.batch.progress import BatchProgress, summary_table
-from tapeagents.batch.runner import (
-    BatchRun,
-    BatchSummary,
-    EnvFactory,
-    TaskResult,
-    run_batch,
-    run_batch_sync,
-)
+from tapeagents.batch.results import BatchSummary, TaskResult
+from tapeagents.batch.runner import BatchRun, EnvFactory
 from tapeagents.batch.tasks import (
     Task,
     TaskFile,
@@ -25,6 +26,7 @@ from tapeagents.batch.tasks import (
 )
 
 __all__ = [
+    "BatchOptions",
     "BatchProgress",
     "BatchRun",
     "BatchSummary",

@@ -11,7 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 if TYPE_CHECKING:
-    from tapeagents.batch.runner import BatchSummary, TaskResult
+    from tapeagents.batch.results import BatchSummary, TaskResult
 
 __all__ = ["BatchProgress", "summary_table"]
 

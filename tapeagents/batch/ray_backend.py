@@ -16,7 +16,8 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tapeagents.batch.runner import BatchRun, TaskResult
+from tapeagents.batch.results import TaskResult
+from tapeagents.batch.runner import BatchRun, unique_by_identity
 from tapeagents.batch.tasks import Task
 from tapeagents.errors import StoreError, UsageError
 
@@ -54,19 +55,19 @@ def _worker_store(url: str) -> TapeStore:
 
 def _share_rate_limits(batch: BatchRun, workers: int) -> None:
     """Give this worker its share of every rate limit (limits that were one object stay one)."""
-    shared: dict[int, Any] = {}
-    for llm in batch.llms():
-        gate = getattr(llm, "gate", None)
-        limit = getattr(gate, "rate_limit", None)
-        if limit is not None:
-            gate.rate_limit = shared.setdefault(id(limit), limit.share(workers))  # type: ignore[union-attr]
+    gates = [gate for llm in batch.llms() if (gate := getattr(llm, "gate", None)) is not None]
+    limited = [gate for gate in gates if getattr(gate, "rate_limit", None) is not None]
+    for limit in unique_by_identity([gate.rate_limit for gate in limited]):
+        share = limit.share(workers)
+        for gate in limited:
+            if gate.rate_limit is limit:
+                gate.rate_limit = share
 
 
 def _run_chunk(
     batch: BatchRun,
     store_url: str | None,
     tasks: list[tuple[str, Task]],
-    concurrency: int,
     workers: int,
 ) -> list[TaskResult]:
     """Body of the Ray task: run a chunk on a fresh event loop, return its results."""
@@ -76,7 +77,7 @@ def _run_chunk(
     async def collect() -> list[TaskResult]:
         results = []
         try:
-            async for result in batch.run_tasks(tasks, concurrency):
+            async for result in batch.run_tasks(tasks, batch.options.concurrency):
                 result.tape = None  # the tape is in the store; do not send it back
                 results.append(result)
         finally:
@@ -86,18 +87,13 @@ def _run_chunk(
     return asyncio.run(collect())
 
 
-async def run_on_ray(
-    batch: BatchRun,
-    tasks: list[tuple[str, Task]],
-    *,
-    concurrency: int,
-    workers: int | None,
-    chunk_size: int | None,
-) -> AsyncIterator[TaskResult]:
+async def run_on_ray(batch: BatchRun, tasks: list[tuple[str, Task]]) -> AsyncIterator[TaskResult]:
     """Run the batch's tasks on Ray; yield results as chunks finish (skipped tasks first).
 
-    Starts a local Ray instance (no dashboard) unless `ray.init` was called already.
+    Starts a local Ray instance (no dashboard) unless `ray.init` was called already. The
+    batch's options give the concurrency per worker, the workers and the chunk size.
     """
+    options = batch.options
     ray = _import_ray()
     store = batch.store
     store_url = store.url if store is not None else None
@@ -112,7 +108,7 @@ async def run_on_ray(
         store_url = f"sqlite:///{Path(database).expanduser().resolve()}"
     if not ray.is_initialized():
         ray.init(include_dashboard=False, logging_level="WARNING")
-    workers = workers or max(int(ray.cluster_resources().get("CPU", 1)), 1)
+    workers = options.ray_workers or max(int(ray.cluster_resources().get("CPU", 1)), 1)
 
     statuses = await batch.stored_statuses()
     todo: list[tuple[str, Task]] = []
@@ -125,7 +121,7 @@ async def run_on_ray(
             todo.append((task_id, task))
     if not todo:
         return
-    size = chunk_size or max(4 * concurrency, 1)
+    size = options.chunk_size or max(4 * options.concurrency, 1)
     size = min(size, math.ceil(len(todo) / workers))  # every worker gets work
     chunks = [todo[i : i + size] for i in range(0, len(todo), size)]
 
@@ -137,9 +133,7 @@ async def run_on_ray(
         batch.store = store_ref
     pending = {
         asyncio.wrap_future(ref.future()): ref
-        for ref in (
-            remote.remote(batch_ref, store_url, chunk, concurrency, workers) for chunk in chunks
-        )
+        for ref in (remote.remote(batch_ref, store_url, chunk, workers) for chunk in chunks)
     }
     try:
         while pending:

@@ -1,4 +1,4 @@
-"""Many tapes at once: one agent on many tasks, concurrently, resumably, into one store.
+"""Runs the tasks of a batch in one event loop: `BatchRun`, what every worker of a batch needs.
 
 Each task becomes a tape whose id is derived from the batch id and the task id, tagged
 `batch:<id>`, with the task id in `tape.metadata.task_id` (an indexed column of the store) and
@@ -8,6 +8,8 @@ step is stored as it happens and a tape that was cut off keeps the status "runni
 Running a batch again (same id) therefore continues it: tapes that finished are skipped, tapes
 still "running" are resumed from their last step (an action that was cut off gets an
 "interrupted" observation rather than being performed twice), tasks without a tape start.
+The batch API (`tapeagents.batch.api`) makes a `BatchRun` and hands it to a backend: this
+process (`BatchRun.run_tasks`) or Ray workers (`tapeagents.batch.ray_backend`).
 """
 
 from __future__ import annotations
@@ -16,31 +18,22 @@ import asyncio
 import inspect
 import time
 import traceback
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from tapeagents.agent import Agent
-from tapeagents.batch.tasks import (
-    Task,
-    batch_tag,
-    check_tasks,
-    default_batch_id,
-    tape_id_for,
-    task_tape,
-)
+from tapeagents.batch.options import BatchOptions
+from tapeagents.batch.results import TaskResult
+from tapeagents.batch.tasks import Task, batch_tag, tape_id_for
 from tapeagents.environment import Environment
-from tapeagents.errors import StoreError, UsageError
+from tapeagents.errors import StoreError
 from tapeagents.orchestrator import Finished, LLMCallMade, StepAppended, run
 from tapeagents.tape import Tape, TapeMetadata
 
 if TYPE_CHECKING:
-    from rich.console import Console
-
-    from tapeagents.batch.progress import BatchProgress
     from tapeagents.store import TapeStore
 
-__all__ = ["BatchRun", "BatchSummary", "EnvFactory", "TaskResult", "run_batch", "run_batch_sync"]
+__all__ = ["RESUMABLE", "BatchRun", "EnvFactory", "unique_by_identity"]
 
 T = TypeVar("T")
 
@@ -51,85 +44,21 @@ RESUMABLE = frozenset({"running", "new"})
 """Statuses of tapes whose run did not finish: a rerun continues them."""
 
 
-@dataclass(slots=True)
-class TaskResult:
-    """How one task of a batch went."""
-
-    task_id: str
-    tape_id: str
-    status: str
-    """How the tape's run ended: a `Finished` reason ("stopped", "awaiting_input",
-    "no_environment", "max_steps") or "error"."""
-    error: str | None = None
-    """Why the task failed, when it did."""
-    skipped: bool = False
-    """The tape had already finished in an earlier run of the batch; it was not run again."""
-    resumed: bool = False
-    """The tape was continued from where an earlier run stopped."""
-    steps: int = 0
-    """Steps appended in this run."""
-    llm_calls: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    cost: float = 0.0
-    """US dollars, for the calls whose price the backend knows."""
-    retries: int = 0
-    """Transient LLM failures retried during the task."""
-    seconds: float = 0.0
-    tape: Tape[Any, Any] | None = field(default=None, repr=False)
-    """The tape, from `run_batch` with the asyncio backend; None from Ray workers and in
-    `run_batch_sync` summaries with a store (the store has the tape)."""
-
-    @property
-    def failed(self) -> bool:
-        return self.status == "error"
-
-
-@dataclass
-class BatchSummary:
-    """All results of a batch run, and the totals a report needs."""
-
-    batch_id: str
-    results: list[TaskResult] = field(default_factory=list)
-    seconds: float = 0.0
-    interrupted: bool = False
-    """The run stopped before every task was done (Ctrl-C, a store failure)."""
-
-    def add(self, result: TaskResult) -> None:
-        self.results.append(result)
-
-    @property
-    def ran(self) -> list[TaskResult]:
-        """Results of the tasks run (started or resumed) in this run."""
-        return [r for r in self.results if not r.skipped]
-
-    @property
-    def failed(self) -> int:
-        return sum(1 for r in self.results if r.failed and not r.skipped)
-
-    @property
-    def skipped(self) -> int:
-        return sum(1 for r in self.results if r.skipped)
-
-    def by_status(self) -> dict[str, int]:
-        """How many tasks of this run ended in each status (skipped ones apart)."""
-        counts: dict[str, int] = {}
-        for result in self.ran:
-            counts[result.status] = counts.get(result.status, 0) + 1
-        return dict(sorted(counts.items()))
-
-    def total(self, name: str) -> float:
-        """Sum of a numeric field (`llm_calls`, `prompt_tokens`, `cost`, ...) over this run."""
-        return sum(getattr(r, name) for r in self.ran)
-
-
-# ----------------------------------------------------------------------------- one process
+def unique_by_identity(items: Iterable[T]) -> list[T]:
+    """The items in their order, each object once. Objects are compared by identity, not
+    equality: two LLM backends that compare equal still hold their own connections and limits."""
+    seen: dict[int, T] = {}  # holds every item, so no id is reused while it is looked at
+    for item in items:
+        seen.setdefault(id(item), item)
+    return list(seen.values())
 
 
 class BatchRun:
-    """What every worker of a batch needs: the agent, the store and how to make environments.
+    """What every worker of a batch needs: the agent, the store, how to make environments and
+    the batch's options.
 
     One process (the asyncio backend) or one Ray worker runs tasks through `run_tasks`.
+    `batch_id` is the batch's resolved id (the options' one, or the default from the tasks).
     """
 
     def __init__(
@@ -140,9 +69,7 @@ class BatchRun:
         store: TapeStore | None,
         env_factory: EnvFactory | None = None,
         env: Environment | None = None,
-        make_tape: Callable[[Task], Tape[Any, Any]] = task_tape,
-        max_steps: int = 100,
-        retry_failed: bool = False,
+        options: BatchOptions | None = None,
     ) -> None:
         self.agent = agent
         self.batch_id = batch_id
@@ -150,9 +77,7 @@ class BatchRun:
         self.store = store
         self.env_factory = env_factory
         self.env = env
-        self.make_tape = make_tape
-        self.max_steps = max_steps
-        self.retry_failed = retry_failed
+        self.options = options or BatchOptions()
 
     def tape_id(self, task_id: str) -> str:
         """The id of the task's tape in this batch."""
@@ -175,14 +100,16 @@ class BatchRun:
         """Status of every stored tape of the batch, by tape id."""
         if self.store is None:
             return {}
-        found = await self._store(self.store.list, tag=self.tag, limit=None)
+        from tapeagents.store import TapeFilter
+
+        found = await self._store(self.store.list, TapeFilter(tag=self.tag), limit=None)
         return {summary.id: summary.status for summary in found}
 
     def is_done(self, status: str | None) -> bool:
         """Whether a tape with this stored status is skipped by a rerun."""
         if status is None or status in RESUMABLE:
             return False
-        return not (self.retry_failed and status == "error")
+        return not (self.options.retry_failed and status == "error")
 
     async def run_tasks(
         self, tasks: list[tuple[str, Task]], concurrency: int
@@ -241,7 +168,7 @@ class BatchRun:
                 assert self.store is not None
                 tape = await self._store(self.store.get, tape_id)
             else:
-                tape = self.make_tape(task)
+                tape = self.options.make_tape(task)
                 tape.id = tape_id
                 tape.metadata.task_id = task_id
                 if self.tag not in tape.metadata.tags:
@@ -276,7 +203,12 @@ class BatchRun:
         self, tape: Tape[Any, Any], env: Environment | None, result: TaskResult
     ) -> None:
         events = run(
-            self.agent, tape, env, max_steps=self.max_steps, store=self.store, write_behind=True
+            self.agent,
+            tape,
+            env,
+            max_steps=self.options.max_steps,
+            store=self.store,
+            write_behind=True,
         )
         async for event in events:
             if isinstance(event, StepAppended):
@@ -304,17 +236,19 @@ class BatchRun:
 
     def llms(self) -> list[Any]:
         """Every LLM the agent and its subagents use (wrapped ones too), each once."""
-        found: dict[int, Any] = {}
-        stack = [self.agent]
-        while stack:
-            current = stack.pop()
-            for llm in current.llms.values():
-                found.setdefault(id(llm), llm)
-                inner = getattr(llm, "llm", None)  # CachedLLM and other wrappers
-                if inner is not None:
-                    found.setdefault(id(inner), inner)
-            stack.extend(current.subagents.values())
-        return list(found.values())
+
+        def walk() -> Iterator[Any]:
+            stack = [self.agent]
+            while stack:
+                current = stack.pop()
+                for llm in current.llms.values():
+                    yield llm
+                    inner = getattr(llm, "llm", None)  # CachedLLM and other wrappers
+                    if inner is not None:
+                        yield inner
+                stack.extend(current.subagents.values())
+
+        return unique_by_identity(walk())
 
     async def close_llms(self) -> None:
         """Close the connections the agent's LLMs opened in this event loop."""
@@ -331,198 +265,3 @@ async def _first_error(task: asyncio.Task[None]) -> None:
     except BaseExceptionGroup as group:
         errors = [e for e in group.exceptions if not isinstance(e, asyncio.CancelledError)]
         raise (errors[0] if errors else group) from None
-
-
-# ----------------------------------------------------------------------------- the entry point
-
-
-async def run_batch(
-    agent: Agent,
-    tasks: Iterable[Task],
-    *,
-    env_factory: EnvFactory | None = None,
-    env: Environment | None = None,
-    store: TapeStore | None = None,
-    concurrency: int = 16,
-    batch_id: str | None = None,
-    backend: Literal["asyncio", "ray"] = "asyncio",
-    max_steps: int = 100,
-    retry_failed: bool = False,
-    make_tape: Callable[[Task], Tape[Any, Any]] = task_tape,
-    ray_workers: int | None = None,
-    chunk_size: int | None = None,
-) -> AsyncIterator[TaskResult]:
-    """Run `agent` on every task, `concurrency` tapes at a time; yield results as they finish.
-
-    Each task (a dict with an `id` and inputs) becomes a tape: the task as its context, its
-    `message` (if any) as the first user message, `metadata.task_id` set and the tag
-    `batch:<batch_id>`. A task that raises, or whose run ends in an error, is stored with
-    status "error" and its error in `metadata.error`; the batch goes on. A store failure
-    stops the batch (`StoreError`, saying how to resume).
-
-    Running again with the same `batch_id` resumes: finished tapes are skipped (reported
-    with `skipped=True`), interrupted ones continue from their last step.
-
-    Args:
-        agent: The agent; shared by all tasks (its LLMs' rate limits and connections too).
-        tasks: Dicts with a unique `id` (string or integer) and the task's inputs.
-        env_factory: Makes each task's environment (called with the task; may be async);
-            it is closed when the task ends.
-        env: One environment shared by every task (not closed), instead of `env_factory`.
-        store: Where the tapes go; without one nothing is resumable.
-        concurrency: Tapes running at once (per worker with Ray).
-        batch_id: Names the batch in the store; by default `<agent>-<hash of the task ids>`,
-            so running the same tasks again resumes. Pass a new one to start afresh.
-        backend: "asyncio" (this process) or "ray" (Ray workers; extra `ray`).
-        max_steps: Step limit of each tape's run.
-        retry_failed: Also resume tapes that ended in "error" (otherwise they are skipped).
-        make_tape: Turns a task into its first tape (default: `task_tape`).
-        ray_workers: Ray only: workers to use (default: the cluster's CPUs).
-        chunk_size: Ray only: tasks per Ray task (default: 4 x concurrency).
-
-    Yields:
-        A `TaskResult` per task, in the order they finish (skipped tasks first). To stop
-        early, close the generator (`async with contextlib.aclosing(run_batch(...))`): the
-        running tapes are cut off and keep the status "running", to be resumed later.
-
-    Example:
-        >>> async def main():
-        ...     async for result in run_batch(agent, [{"id": 1, "message": "Hi"}], store=store):
-        ...         print(result.task_id, result.status)
-    """
-    if concurrency < 1:
-        raise UsageError(f"concurrency must be at least 1, not {concurrency}.")
-    if env is not None and env_factory is not None:
-        raise UsageError("Give env_factory= (one environment per task) or env= (shared), not both.")
-    checked = check_tasks(tasks)
-    batch_id = batch_id or default_batch_id(agent.name, [task_id for task_id, _ in checked])
-    batch = BatchRun(
-        agent,
-        batch_id=batch_id,
-        store=store,
-        env_factory=env_factory,
-        env=env,
-        make_tape=make_tape,
-        max_steps=max_steps,
-        retry_failed=retry_failed,
-    )
-    if backend == "ray":
-        from tapeagents.batch.ray_backend import run_on_ray
-
-        results = run_on_ray(
-            batch, checked, concurrency=concurrency, workers=ray_workers, chunk_size=chunk_size
-        )
-    elif backend == "asyncio":
-        results = batch.run_tasks(checked, concurrency)
-    else:
-        raise UsageError(f"Unknown batch backend {backend!r}; use 'asyncio' or 'ray'.")
-    try:
-        async for result in results:
-            yield result
-    except StoreError as error:
-        raise StoreError(
-            f"Batch {batch_id!r} stopped: {str(error).rstrip('.')}. Finished tapes are stored; "
-            "once the store "
-            f"works again, run the batch again (batch id {batch_id!r}) to resume it."
-        ) from None
-    finally:
-        await results.aclose()  # type: ignore[attr-defined]
-        await batch.close_llms()
-
-
-def run_batch_sync(
-    agent: Agent,
-    tasks: Iterable[Task],
-    *,
-    env_factory: EnvFactory | None = None,
-    env: Environment | None = None,
-    store: TapeStore | None = None,
-    concurrency: int = 16,
-    batch_id: str | None = None,
-    backend: Literal["asyncio", "ray"] = "asyncio",
-    max_steps: int = 100,
-    retry_failed: bool = False,
-    make_tape: Callable[[Task], Tape[Any, Any]] = task_tape,
-    ray_workers: int | None = None,
-    chunk_size: int | None = None,
-    progress: bool = False,
-    console: Console | None = None,
-    resume_hint: str | None = None,
-) -> BatchSummary:
-    """Blocking `run_batch`: run every task and return the `BatchSummary`.
-
-    With `progress=True` a progress bar runs on `console` (default: stderr) and a summary
-    table is printed at the end. Ctrl-C stops the batch with a consistent store, prints how to
-    resume (`resume_hint`, by default: run again with the same batch id) and raises
-    `KeyboardInterrupt`.
-
-    Example:
-        >>> from tapeagents import Agent, LLMNode
-        >>> from tapeagents.llms import ScriptedLLM
-        >>> agent = Agent("echo", nodes=[LLMNode()], llms=ScriptedLLM(lambda p: "Hi!"))
-        >>> summary = run_batch_sync(agent, [{"id": 1, "message": "Hello"}], batch_id="demo")
-        >>> summary.by_status()
-        {'awaiting_input': 1}
-    """
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        pass
-    else:
-        raise UsageError(
-            "run_batch_sync() cannot be called from a running event loop; use "
-            "`async for result in run_batch(...)` instead."
-        )
-    from rich.console import Console
-    from rich.markup import escape
-
-    from tapeagents.batch.progress import BatchProgress, summary_table
-
-    checked = check_tasks(tasks)
-    batch_id = batch_id or default_batch_id(agent.name, [task_id for task_id, _ in checked])
-    summary = BatchSummary(batch_id)
-    console = console or Console(stderr=True)
-
-    async def drain(view: BatchProgress | None) -> None:
-        results = run_batch(
-            agent,
-            [task for _, task in checked],
-            env_factory=env_factory,
-            env=env,
-            store=store,
-            concurrency=concurrency,
-            batch_id=batch_id,
-            backend=backend,
-            max_steps=max_steps,
-            retry_failed=retry_failed,
-            make_tape=make_tape,
-            ray_workers=ray_workers,
-            chunk_size=chunk_size,
-        )
-        async for result in results:
-            if store is not None:
-                result.tape = None  # the store has it; a long batch should not hold them all
-            summary.add(result)
-            if view is not None:
-                view.update(result)
-
-    started = time.perf_counter()
-    try:
-        if progress:
-            with BatchProgress(len(checked), batch_id=batch_id, console=console) as view:
-                asyncio.run(drain(view))
-        else:
-            asyncio.run(drain(None))
-    except KeyboardInterrupt:
-        summary.interrupted = True
-        hint = resume_hint or f"Run the batch again with batch_id={batch_id!r} to resume it."
-        console.print(
-            f"[yellow]Interrupted:[/] {len(summary.results)} of {len(checked)} tasks done; the "
-            f"others are stored as they were. {escape(hint)}"
-        )
-        raise
-    finally:
-        summary.seconds = time.perf_counter() - started
-    if progress:
-        console.print(summary_table(summary))
-    return summary

@@ -6,12 +6,20 @@ import inspect
 import shlex
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.markup import escape
 
-from tapeagents.cli.common import DbOption, _import, err, fail, load_agent, open_store, out
+from tapeagents.cli.common import (
+    DbOption,
+    err,
+    fail,
+    import_object,
+    load_agent,
+    open_store,
+    out,
+)
 from tapeagents.cli.run import AgentOption
 from tapeagents.environment import Environment
 from tapeagents.errors import StoreError, UsageError
@@ -40,7 +48,7 @@ _SHOWN_FAILURES = 5
 def _environments(path: str) -> tuple[Environment | None, EnvFactory | None]:
     """`--env`: an Environment shared by all tasks, or a factory called per task (with the task
     when it takes an argument, else with none)."""
-    obj = _import(path, "--env")
+    obj = import_object(path, "--env")
     if isinstance(obj, Environment):
         return obj, None
     if not callable(obj):
@@ -116,7 +124,7 @@ def batch(
     skips finished tapes and resumes interrupted ones. Exits with 1 if a task failed or a line
     of the task file was skipped.
     """
-    from tapeagents.batch import default_batch_id, read_tasks, run_batch_sync
+    from tapeagents.batch import BatchOptions, default_batch_id, read_tasks, run_batch_sync
 
     if backend not in ("asyncio", "ray"):
         raise fail(f"--backend must be asyncio or ray, not {backend!r}.")
@@ -140,19 +148,21 @@ def batch(
             f"{escape(agent.name)!s}, concurrency {concurrency}, store {escape(store.display_url)}"
         )
         hint = f"Resume with: {_resume_command(batch_id, store.display_url)}"
-        mode: Literal["asyncio", "ray"] = "ray" if backend == "ray" else "asyncio"
+        options = BatchOptions(
+            concurrency=concurrency,
+            batch_id=batch_id,
+            backend="ray" if backend == "ray" else "asyncio",
+            max_steps=max_steps,
+            retry_failed=retry_failed,
+        )
         try:
             summary = run_batch_sync(
                 agent,
                 found.tasks,
+                store=store,
                 env_factory=env_factory,
                 env=env,
-                store=store,
-                concurrency=concurrency,
-                batch_id=batch_id,
-                backend=mode,
-                max_steps=max_steps,
-                retry_failed=retry_failed,
+                options=options,
                 progress=True,
                 console=console,
                 resume_hint=hint,

@@ -33,17 +33,13 @@ __all__ = [
     "Group",
     "err",
     "fail",
+    "import_object",
     "load_agent",
     "load_environment",
-    "local_time",
     "open_store",
     "out",
     "parse_when",
-    "short",
 ]
-
-SHORT = 8
-"""How many characters of a tape id listings show; any unique prefix works as an id."""
 
 DbOption = Annotated[
     str | None,
@@ -81,11 +77,6 @@ class Group(TyperGroup):
             return super().invoke(ctx)
         except TapeAgentsError as error:
             raise fail(str(error)) from None
-
-
-def short(tape_id: str | None) -> str:
-    """The id as listings show it."""
-    return (tape_id or "")[:SHORT]
 
 
 # ----------------------------------------------------------------------------- the store
@@ -137,11 +128,6 @@ def _sqlite_path(url: str) -> Any:
 # ----------------------------------------------------------------------------- times
 
 
-def local_time(timestamp: float) -> str:
-    """Seconds since the epoch as local time, to the minute."""
-    return datetime.fromtimestamp(timestamp).strftime("%Y-%m-%d %H:%M")
-
-
 def parse_when(text: str | None, option: str, *, end_of_day: bool = False) -> float | None:
     """An ISO date or datetime (local time unless it has an offset) as seconds since the epoch.
 
@@ -165,7 +151,7 @@ def parse_when(text: str | None, option: str, *, end_of_day: bool = False) -> fl
 # ----------------------------------------------------------------------------- user code
 
 
-def _import(path: str, option: str) -> Any:
+def import_object(path: str, option: str) -> Any:
     """The object at `package.module:attribute`, or a UsageError that says what went wrong."""
     module_name, sep, attribute = path.partition(":")
     if not sep or not module_name or not attribute:
@@ -251,7 +237,7 @@ def _build(obj: Any, path: str, option: str, wanted: str) -> Any:
 
 def load_agent(path: str) -> tuple[Agent, Environment | None]:
     """The agent at `path`: an `Agent`, or a no-argument callable returning one or (agent, env)."""
-    built = _build(_import(path, "--agent"), path, "--agent", "an Agent")
+    built = _build(import_object(path, "--agent"), path, "--agent", "an Agent")
     if isinstance(built, Agent):
         return built, None
     if (
@@ -269,7 +255,7 @@ def load_agent(path: str) -> tuple[Agent, Environment | None]:
 
 def load_environment(path: str) -> Environment:
     """The environment at `path`: an `Environment`, or a no-argument callable returning one."""
-    built = _build(_import(path, "--env"), path, "--env", "an Environment")
+    built = _build(import_object(path, "--env"), path, "--env", "an Environment")
     if isinstance(built, Environment):
         return built
     raise UsageError(

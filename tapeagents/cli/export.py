@@ -247,7 +247,7 @@ def _progress(*, auto_refresh: bool = True) -> Progress:
 def _count(store: TapeStore, selection: Selection) -> int:
     if selection.tape_ids is not None:
         return len(selection.tape_ids)
-    return store.count(**selection._store_filters())
+    return store.count(selection.tape_filter())
 
 
 def _export_examples(

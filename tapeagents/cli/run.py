@@ -9,7 +9,6 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from tapeagents.cli import render
 from tapeagents.cli.common import (
     DbOption,
     err,
@@ -17,10 +16,11 @@ from tapeagents.cli.common import (
     load_environment,
     open_store,
     out,
-    short,
 )
 from tapeagents.llms import LLMCall
 from tapeagents.orchestrator import Finished, LLMCallMade, StepAppended, run
+from tapeagents.render import text as render
+from tapeagents.render.formats import short_id
 from tapeagents.steps import NodeFailure, UserMessage
 
 if TYPE_CHECKING:
@@ -90,7 +90,7 @@ def resume(
         made_by = store.summary(full_id).agent
         if made_by and made_by != agent.name:
             err().print(
-                f"[dim]Note: tape {short(full_id)} was made by agent {made_by!r}; "
+                f"[dim]Note: tape {short_id(full_id)} was made by agent {made_by!r}; "
                 f"resuming it with {agent.name!r}.[/]"
             )
         if message is not None:
@@ -106,7 +106,7 @@ def resume(
             if isinstance(tape.last, NodeFailure):
                 err().print(
                     f"[bold red]The agent raised an exception;[/] the failure is recorded on tape "
-                    f"{short(full_id)} (status error)."
+                    f"{short_id(full_id)} (status error)."
                 )
             raise
         from_env = db is not None and db == os.environ.get("TAPEAGENTS_DB")
@@ -118,10 +118,10 @@ def resume(
         f" ({render.totals(calls)})."
     )
     if finished.error:
-        console.print(finished.error, style="red", markup=False)
+        console.print(render.strip_controls(finished.error), style="red", markup=False)
     if reason in _HINTS:
         console.print(f"[dim]Next: {_HINTS[reason]}.[/]")
-    console.print(f"See the tape with: tapeagents show {short(tape.id)}{db_hint}")
+    console.print(f"See the tape with: tapeagents show {short_id(tape.id)}{db_hint}")
     if reason == "error":
         raise typer.Exit(1)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from pathlib import Path
@@ -10,9 +9,10 @@ from typing import Annotated
 
 import typer
 
-from tapeagents.cli import render
-from tapeagents.cli.common import DbOption, err, open_store, out, parse_when, short
+from tapeagents.cli.common import DbOption, err, open_store, out, parse_when
 from tapeagents.errors import UsageError
+from tapeagents.render import text as render
+from tapeagents.render.formats import short_id
 
 __all__ = ["app"]
 
@@ -44,20 +44,21 @@ def list_tapes(
     db: DbOption = None,
 ) -> None:
     """List stored tapes, newest first."""
-    filters = {
-        "agent": agent,
-        "status": status,
-        "tag": tag,
-        "since": parse_when(since, "--since"),
-        "until": parse_when(until, "--until", end_of_day=True),
-        "text": search,
-    }
+    from tapeagents.store import TapeFilter
+
+    filters = TapeFilter(
+        agent=agent,
+        status=status,
+        tag=tag,
+        since=parse_when(since, "--since"),
+        until=parse_when(until, "--until", end_of_day=True),
+        text=search,
+    )
     with open_store(db) as store:
-        total = store.count(**filters)
+        total = store.count(filters)
         pages = max(1, math.ceil(total / limit))
         if total == 0:
-            filtered = any(value is not None for value in filters.values())
-            where = "match these filters" if filtered else f"in {store.display_url}"
+            where = "match these filters" if not filters.is_empty else f"in {store.display_url}"
             out().print(f"No tapes {where}.")
             return
         if page > pages:
@@ -65,7 +66,7 @@ def list_tapes(
                 f"Page {page} is past the last page: {total} tapes make {pages} page"
                 f"{'' if pages == 1 else 's'} of {limit}."
             )
-        summaries = store.list(**filters, limit=limit, offset=(page - 1) * limit)
+        summaries = store.list(filters, limit=limit, offset=(page - 1) * limit)
     console = out()
     console.print(render.list_table(summaries))
     console.print(f"page {page} of {pages} ({total} tape{'' if total == 1 else 's'})")
@@ -91,7 +92,7 @@ def show(
             if llm_calls is not None:
                 dumped = [c.model_dump(mode="json") for c in llm_calls.values()]
                 data = {"tape": data, "llm_calls": dumped}
-            typer.echo(json.dumps(data, ensure_ascii=False, indent=2))
+            typer.echo(render.json_text(data))
             return
         summary = store.summary(full_id)
         ancestors = store.ancestors(full_id)
@@ -118,8 +119,8 @@ def fork(
         child = store.fork(store.resolve_id(tape_id), at)
     typer.echo(child.id)
     err().print(
-        f"[dim]Forked {short(child.parent_id)} at step {at}. Continue it with "
-        f"`tapeagents resume {short(child.id)} --agent module:attribute`.[/]"
+        f"[dim]Forked {short_id(child.parent_id)} at step {at}. Continue it with "
+        f"`tapeagents resume {short_id(child.id)} --agent module:attribute`.[/]"
     )
 
 
@@ -143,14 +144,17 @@ def remove(
         raise UsageError("Give tape ids, or --older-than/--tag, not both.")
     if not tape_ids and not by_filter:
         raise UsageError("Say which tapes to delete: tape ids, --older-than DAYS, --tag T.")
+    from tapeagents.store import TapeFilter
+
     cutoff = time.time() - older_than * 86400 if older_than is not None else None
+    chosen = TapeFilter(tag=tag, until=cutoff)
     with open_store(db) as store:
         if tape_ids:
             ids = list(dict.fromkeys(store.resolve_id(i) for i in tape_ids))
             count = len(ids)
-            what = ", ".join(short(i) for i in ids)
+            what = ", ".join(short_id(i) for i in ids)
         else:
-            count = store.count(tag=tag, until=cutoff)
+            count = store.count(chosen)
             parts = [f"created more than {older_than:g} days ago"] if older_than is not None else []
             parts += [f"tagged {tag!r}"] if tag is not None else []
             what = " and ".join(parts)
@@ -162,7 +166,7 @@ def remove(
             typer.confirm(
                 f"Delete {count} tape{plural} ({what}) from {store.display_url}?", abort=True
             )
-        deleted = store.delete(ids) if tape_ids else store.delete_where(older_than=cutoff, tag=tag)
+        deleted = store.delete(ids) if tape_ids else store.delete_where(chosen)
     out().print(f"Deleted {deleted} tape{'' if deleted == 1 else 's'}.")
 
 

@@ -29,23 +29,15 @@ from tapeagents.export.evaluation import (
     response_matrix,
     write_eval_records,
 )
-from tapeagents.export.examples import (
-    ExactnessReport,
-    ExportError,
-    ExportProblem,
-    ExportReport,
-    OnProblem,
-    TrainingExample,
-    check_exact,
-    tape_examples,
-    training_examples,
-)
+from tapeagents.export.exactness import ExactnessReport, check_exact
+from tapeagents.export.examples import TrainingExample, tape_examples, training_examples
 from tapeagents.export.formats import (
     chat_record,
     read_chat_jsonl,
     to_hf_dataset,
     write_chat_jsonl,
 )
+from tapeagents.export.report import ExportError, ExportProblem, ExportReport, OnProblem
 from tapeagents.export.selection import Selection, SplitBy, split_of
 from tapeagents.export.tokens import (
     IGNORE_INDEX,

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel
 
 from tapeagents.errors import UsageError
+from tapeagents.export.files import open_output
 from tapeagents.export.selection import Selection, select_tapes
 from tapeagents.llms import LLMCall
 from tapeagents.steps import Error
@@ -166,10 +167,8 @@ _FIELDS = list(EvalRecord.model_fields)
 
 def write_eval_records(records: Iterable[EvalRecord], path: str | Path) -> int:
     """Write records as JSONL, or as CSV when `path` ends in `.csv`. Returns how many."""
-    from tapeagents.export.formats import _open
-
     count = 0
-    out = _open(path)
+    out = open_output(path)
     with out:
         if str(path).lower().endswith(".csv"):
             writer = csv.DictWriter(out, fieldnames=_FIELDS, lineterminator="\n")
@@ -218,9 +217,7 @@ class ResponseMatrix(BaseModel):
 
     def write(self, path: str | Path) -> None:
         """Write as CSV (a `subject` column, then one column per task) or, for `.json`, JSON."""
-        from tapeagents.export.formats import _open
-
-        with _open(path) as out:
+        with open_output(path) as out:
             if str(path).lower().endswith(".json"):
                 out.write(self.model_dump_json(indent=1) + "\n")
                 return

@@ -15,44 +15,36 @@ counted in the report by reason. Nothing is dropped silently.
 
 from __future__ import annotations
 
-import hashlib
+import functools
 import json
-from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, Field, PrivateAttr
+from pydantic import BaseModel
 
 from tapeagents.agent import Agent
-from tapeagents.errors import TapeAgentsError, UsageError
+from tapeagents.errors import UsageError
+from tapeagents.export.json_texts import example_texts, share_texts
 from tapeagents.export.prefixes import prefix_prompts
-from tapeagents.export.selection import NO_NOTES, Selection, SplitBy, _Notes, select_tapes, split_of
+from tapeagents.export.report import ExportError, ExportProblem, ExportReport, OnProblem
+from tapeagents.export.selection import (
+    NO_NOTES,
+    Selection,
+    Split,
+    SplitBy,
+    TapeNotes,
+    select_tapes,
+    split_of,
+)
 from tapeagents.llm_node import LLMNode, output_groups
-from tapeagents.llms import LLMCall, LLMOutput, Prompt
+from tapeagents.llms import LLMOutput, Prompt
 from tapeagents.steps import Error, Observation, ParsingFailure, Step, ToolCall, UnknownStep
 from tapeagents.tape import Tape
 
 if TYPE_CHECKING:
     from tapeagents.store import Annotation, TapeStore
 
-__all__ = [
-    "ExactnessReport",
-    "ExportError",
-    "ExportProblem",
-    "ExportReport",
-    "OnProblem",
-    "TrainingExample",
-    "check_exact",
-    "tape_examples",
-    "training_examples",
-]
-
-OnProblem = Literal["skip_tape", "skip_output", "raise"]
-"""What a problem costs: the whole tape (default), only that model output, or the export."""
-
-
-class ExportError(TapeAgentsError):
-    """The export was asked to stop at the first problem (`on_problem="raise"`)."""
+__all__ = ["TrainingExample", "source_agent_of", "tape_examples", "training_examples"]
 
 
 class TrainingExample(BaseModel):
@@ -73,8 +65,7 @@ class TrainingExample(BaseModel):
     """The request, exactly as the target's node sends it."""
     output: LLMOutput
     """The answer: text and tool calls, as the node's `inverse` writes the steps."""
-    split: Literal["train", "validation"] = "train"
-    _texts: _Texts | None = PrivateAttr(default=None)
+    split: Split = "train"
 
     def messages(self) -> list[dict[str, Any]]:
         """The request's messages followed by the answer as an assistant message."""
@@ -85,120 +76,7 @@ class TrainingExample(BaseModel):
 
         The SHA-256 of the JSON texts of the messages, the tools and the answer, one a line.
         """
-        texts = self._json_texts()
-        if texts.key is None:
-            digest = texts.prefix_hash.copy()
-            digest.update(f"{texts.tools}\n{texts.output}".encode())
-            texts.key = digest.hexdigest()[:32]
-        return texts.key
-
-    def _json_texts(self) -> _Texts:
-        """The JSON texts of the example (made once, shared by the examples of a tape)."""
-        # Read directly: pydantic finds a private attribute only after a failed lookup, which
-        # costs more than the export spends on most examples.
-        texts: _Texts | None = self.__pydantic_private__["_texts"]  # type: ignore[index]
-        if texts is None:
-            _share_json([self])
-            texts = self.__pydantic_private__["_texts"]  # type: ignore[index]
-        return texts
-
-
-class _Texts:
-    """An example's JSON texts, made once per tape: the examples of a tape are prefixes of one
-    another, so each message is serialized (and hashed) once, not once per example."""
-
-    __slots__ = ("ids", "key", "line", "messages", "output", "prefix_hash", "tools")
-
-    def __init__(
-        self,
-        ids: list[int],
-        messages: list[str],
-        line: str,
-        prefix_hash: Any,
-        tools: str,
-        output: str,
-    ) -> None:
-        self.ids = ids
-        """`id` of each request message (the messages a text was made from)."""
-        self.messages = messages
-        """JSON text of each request message."""
-        self.line = line
-        """The request messages as the chat JSONL writes them: comma-separated, earlier
-        assistant messages with `"weight": 0`."""
-        self.prefix_hash = prefix_hash
-        """SHA-256 state after the message texts, one a line (the start of `key`)."""
-        self.tools = tools
-        self.output = output
-        self.key: str | None = None
-
-
-class ExportProblem(BaseModel):
-    """A model output (or a tape) that the target agent cannot reproduce, and why."""
-
-    tape_id: str
-    step_index: int | None
-    """The first step of the output; None when the whole tape is concerned."""
-    reason: str
-
-    def __str__(self) -> str:
-        where = f"step {self.step_index}" if self.step_index is not None else "tape"
-        return f"tape {self.tape_id}, {where}: {self.reason}"
-
-
-class ExportReport(BaseModel):
-    """What an export read, produced, left out and could not reproduce."""
-
-    tapes: int = 0
-    """Tapes read (after the tape filters)."""
-    tapes_used: int = 0
-    """Tapes that gave at least one example."""
-    examples: int = 0
-    train: int = 0
-    validation: int = 0
-    skipped: Counter[str] = Field(default_factory=Counter)
-    """Model outputs (or tapes) left out on purpose, by reason."""
-    problems: list[ExportProblem] = Field(default_factory=list)
-    """What the target agent could not reproduce."""
-    tokens: int = 0
-    """Token-level exports: tokens in the written examples."""
-    target_tokens: int = 0
-    """Token-level exports: tokens with a label (the answers)."""
-    truncated: int = 0
-    """Token-level exports: examples whose prompt was cut from the left to fit."""
-
-    def skip(self, reason: str, count: int = 1) -> None:
-        if count:
-            self.skipped[reason] += count
-
-    def add(self, example: TrainingExample) -> None:
-        self.examples += 1
-        if example.split == "train":
-            self.train += 1
-        else:
-            self.validation += 1
-
-    def summary(self) -> str:
-        """A few lines for people: counts, reasons and the first problems."""
-        lines = [
-            f"{self.examples} examples ({self.train} train, {self.validation} validation) from "
-            f"{self.tapes_used} of {self.tapes} tapes."
-        ]
-        if self.tokens:
-            lines.append(
-                f"{self.tokens} tokens, {self.target_tokens} of them labelled; "
-                f"{self.truncated} prompts cut from the left."
-            )
-        for reason, count in sorted(self.skipped.items(), key=lambda item: -item[1]):
-            lines.append(f"left out: {count} × {reason}")
-        if self.problems:
-            count = len(self.problems)
-            lines.append(
-                f"{count} problem{'' if count == 1 else 's'} (the target agent cannot reproduce):"
-            )
-            lines += [f"  {problem}" for problem in self.problems[:10]]
-            if len(self.problems) > 10:
-                lines.append(f"  ... and {len(self.problems) - 10} more")
-        return "\n".join(lines)
+        return example_texts(self).key()
 
 
 # ----------------------------------------------------------------------------- one tape
@@ -231,6 +109,7 @@ def tape_examples(
     report: ExportReport | None = None,
     on_problem: OnProblem = "skip_tape",
     annotations: Sequence[Annotation] = (),
+    split: Split = "train",
 ) -> list[TrainingExample]:
     """The training examples of one tape, rendered with `agent`'s nodes.
 
@@ -243,40 +122,17 @@ def tape_examples(
         report: Counts and problems are added to it.
         on_problem: What a problem costs: `skip_tape`, `skip_output` or `raise` (`ExportError`).
         annotations: The tape's annotations (`store.annotations(tape.id)`), for `selection`.
+        split: The side of the train/validation split the examples are on.
 
     Returns:
-        The examples, in tape order (all with `split="train"`).
+        The examples, in tape order.
     """
-    return _examples_of(
-        tape,
-        agent,
-        source_agent=source_agent,
-        selection=selection,
-        report=report,
-        on_problem=on_problem,
-        annotations=annotations,
-        split="train",
-    )
-
-
-def _examples_of(
-    tape: Tape[Any, Any],
-    agent: Agent,
-    *,
-    source_agent: str | None,
-    selection: Selection | None,
-    report: ExportReport | None,
-    on_problem: OnProblem,
-    annotations: Sequence[Annotation],
-    split: Literal["train", "validation"],
-) -> list[TrainingExample]:
-    """`tape_examples`, with the examples on the given side of the split."""
     report = report if report is not None else ExportReport()
     steps = tape.steps
     source = source_agent or _first_agent(steps)
     pending: list[_Pending] = []
     problems: list[ExportProblem] = []
-    notes = _Notes.of(annotations) if annotations else NO_NOTES
+    notes = TapeNotes.of(annotations) if annotations else NO_NOTES
 
     def problem(start: int | None, reason: str) -> None:
         found = ExportProblem(tape_id=tape.id, step_index=start, reason=reason)
@@ -355,66 +211,8 @@ def _examples_of(
         for item in pending
         if item.start in prompts
     ]
-    _share_json(examples)
+    share_texts(examples)  # made together: the examples of a tape share most of their texts
     return examples
-
-
-def _share_json(examples: Sequence[TrainingExample]) -> None:
-    """Serialize each message once per tape.
-
-    The prompts of one node share their message dicts, and each prompt usually starts with the
-    previous one's messages: then its texts, its chat JSONL line and its hash continue the
-    previous example's instead of starting over. Texts are reused by the identity of the message
-    dicts, never by equality (equal dicts may still serialize differently).
-    """
-    cache: dict[int, tuple[str, str]] = {}  # id(message) -> (JSON, as written in a chat line)
-    previous: _Texts | None = None
-    for example in examples:
-        messages = example.prompt.messages
-        ids = list(map(id, messages))
-        start = 0
-        if previous is not None and ids[: len(previous.ids)] == previous.ids:
-            start = len(previous.ids)
-        texts, lines = [], []
-        for message, key in zip(messages[start:], ids[start:], strict=True):
-            found = cache.get(key)  # the examples keep every message alive: ids stay unique
-            if found is None:
-                text = _dumps(message)
-                line = text[:-1] + ', "weight": 0}' if message.get("role") == "assistant" else text
-                found = cache[key] = (text, line)
-            texts.append(found[0])
-            lines.append(found[1])
-        if start:
-            assert previous is not None
-            texts = previous.messages + texts
-            line = ", ".join([previous.line, *lines]) if lines else previous.line
-            digest = previous.prefix_hash.copy()
-        else:
-            line = ", ".join(lines)
-            digest = hashlib.sha256()
-        if len(texts) > start:
-            digest.update("".join(f"{text}\n" for text in texts[start:]).encode())
-        example.__pydantic_private__["_texts"] = previous = _Texts(  # type: ignore[index]
-            ids,
-            texts,
-            line,
-            digest,
-            _tools_text(example.prompt.tools),
-            _dumps(example.output.as_message()),
-        )
-
-
-_TOOLS_TEXT: dict[int, tuple[Any, str]] = {}
-
-
-def _tools_text(tools: Any) -> str:
-    """JSON of a node's tool list: the same list for every tape, so it is kept across tapes."""
-    found = _TOOLS_TEXT.get(id(tools))
-    if found is None or found[0] is not tools:
-        if len(_TOOLS_TEXT) > 256:
-            _TOOLS_TEXT.clear()
-        found = _TOOLS_TEXT[id(tools)] = (tools, _dumps(tools))  # holding it keeps the id valid
-    return found[1]
 
 
 def _prompts(
@@ -501,15 +299,13 @@ _NOTHING: set[str] = set()
 
 def _fields(step: Step, ignore: set[str]) -> dict[str, Any]:
     """What the model writes of a step (as `llm_dict`, without serializing it)."""
-    names = _FIELD_NAMES.get(type(step))
-    if names is None:
-        names = _FIELD_NAMES[type(step)] = tuple(
-            name for name in type(step).__pydantic_fields__ if name not in ("kind", "metadata")
-        )
-    return {name: getattr(step, name) for name in names if name not in ignore}
+    return {name: getattr(step, name) for name in _written_fields(type(step)) if name not in ignore}
 
 
-_FIELD_NAMES: dict[type[Step], tuple[str, ...]] = {}
+@functools.cache
+def _written_fields(step_type: type[Step]) -> tuple[str, ...]:
+    """The fields of a step type that the model writes (all but `kind` and `metadata`)."""
+    return tuple(name for name in step_type.model_fields if name not in ("kind", "metadata"))
 
 
 def _first_agent(steps: Sequence[Step]) -> str | None:
@@ -521,24 +317,6 @@ def _first_agent(steps: Sequence[Step]) -> str | None:
 
 def _describe(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}"
-
-
-def _make_dumps() -> Callable[[Any], str]:
-    """`json.dumps(value, ensure_ascii=False)`, without building an encoder at every call.
-
-    The export serializes hundreds of thousands of small messages: this uses the C encoder that
-    `json.dumps` uses, with the same settings, made once.
-    """
-    from json.encoder import JSONEncoder, c_make_encoder, encode_basestring
-
-    if c_make_encoder is None:  # a Python without the C accelerator
-        return lambda value: json.dumps(value, ensure_ascii=False)
-    default = JSONEncoder().default  # raises the TypeError that json.dumps raises
-    encode = c_make_encoder(None, default, encode_basestring, None, ": ", ", ", False, False, True)
-    return lambda value: "".join(encode(value, 0))
-
-
-_dumps = _make_dumps()
 
 
 # ----------------------------------------------------------------------------- many tapes
@@ -589,10 +367,10 @@ def training_examples(
     for chosen in select_tapes(source, selection, split_by=split_by):
         report.tapes += 1
         side = split_of(chosen.group, validation=validation, seed=seed)
-        examples = _examples_of(
+        examples = tape_examples(
             chosen.tape,
             agent,
-            source_agent=source_agent or _source_of(chosen.tape, chosen.agent),
+            source_agent=source_agent or source_agent_of(chosen.tape, chosen.agent),
             selection=selection if selection.uses_annotations else None,
             report=report,
             on_problem=on_problem,
@@ -619,84 +397,11 @@ def training_examples(
         yield from examples
 
 
-def _source_of(tape: Tape[Any, Any], stored_agent: str | None) -> str | None:
-    """The stored agent when its steps are on the tape, else the tape's first agent."""
+def source_agent_of(tape: Tape[Any, Any], stored_agent: str | None) -> str | None:
+    """The agent on the tape that a target agent stands in for: the agent the store says ran
+    the tape when its steps are on it, else the first agent that wrote a step."""
     if stored_agent and any(
         s.metadata.agent.split("/", 1)[0] == stored_agent for s in tape.steps if s.metadata.agent
     ):
         return stored_agent
     return _first_agent(tape.steps)
-
-
-# ----------------------------------------------------------------------------- exactness
-
-
-class ExactnessReport(BaseModel):
-    """Whether a tape's examples equal the LLM calls recorded when it was made."""
-
-    tape_id: str
-    checked: int = 0
-    """Examples compared with their recorded call."""
-    differences: list[str] = Field(default_factory=list)
-    """One line per example that differs, with what differs first."""
-    missing: int = 0
-    """Examples whose recorded call is not available (steps written by hand, for example)."""
-
-    @property
-    def exact(self) -> bool:
-        return not self.differences
-
-    def explain(self) -> str:
-        if self.exact:
-            return f"Tape {self.tape_id}: {self.checked} examples equal their recorded calls."
-        return "\n".join(
-            [f"Tape {self.tape_id}: {len(self.differences)} of {self.checked} examples differ:"]
-            + [f"  {line}" for line in self.differences]
-        )
-
-
-def check_exact(
-    tape: Tape[Any, Any],
-    agent: Agent,
-    llm_calls: Sequence[LLMCall] | TapeStore,
-) -> ExactnessReport:
-    """Compare the examples `agent` rebuilds from `tape` with the calls recorded on the tape.
-
-    With the agent that made the tape, every request must equal the recorded prompt and every
-    answer the recorded output (text and tool calls). A model that answers in a non-canonical
-    form (extra spaces, JSON in a code fence) gives an answer that differs in form only; the
-    line says so.
-    """
-    from tapeagents.store import TapeStore
-
-    calls = llm_calls.llm_calls_of(tape) if isinstance(llm_calls, TapeStore) else llm_calls
-    by_id = {call.id: call for call in calls}
-    report = ExportReport()
-    examples = tape_examples(tape, agent, report=report, on_problem="skip_output")
-    result = ExactnessReport(tape_id=tape.id)
-    result.differences += [f"not reproducible: {p}" for p in report.problems]
-    for example in examples:
-        call = by_id.get(example.llm_call_id or "")
-        if call is None:
-            result.missing += 1
-            continue
-        result.checked += 1
-        where = f"step {example.start} (call {call.id[:8]})"
-        if example.prompt.messages != call.prompt.messages:
-            result.differences.append(f"{where}: {_first_message_difference(example, call)}")
-        elif example.prompt.tools != call.prompt.tools:
-            result.differences.append(f"{where}: the tools differ")
-        elif example.output.as_message() != call.output.as_message():
-            result.differences.append(
-                f"{where}: the answer differs: recorded {call.output.raw_text()[:200]!r}, "
-                f"rebuilt {example.output.raw_text()[:200]!r}"
-            )
-    return result
-
-
-def _first_message_difference(example: TrainingExample, call: LLMCall) -> str:
-    rebuilt, recorded = example.prompt.messages, call.prompt.messages
-    for i, (a, b) in enumerate(zip(rebuilt, recorded, strict=False)):
-        if a != b:
-            return f"message {i} differs: recorded {b!r:.200}, rebuilt {a!r:.200}"
-    return f"the request has {len(rebuilt)} messages, the recorded one {len(recorded)}"

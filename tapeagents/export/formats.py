@@ -14,12 +14,15 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from tapeagents.errors import UsageError
-from tapeagents.export.examples import ExportReport, TrainingExample
+from tapeagents.export.examples import TrainingExample
+from tapeagents.export.files import open_output
+from tapeagents.export.json_texts import example_texts
+from tapeagents.export.report import ExportReport
 
 if TYPE_CHECKING:
     import datasets
 
-__all__ = ["chat_record", "read_chat_jsonl", "to_hf_dataset", "write_chat_jsonl"]
+__all__ = ["chat_line", "chat_record", "read_chat_jsonl", "to_hf_dataset", "write_chat_jsonl"]
 
 
 def chat_record(example: TrainingExample) -> dict[str, Any]:
@@ -36,9 +39,10 @@ def chat_record(example: TrainingExample) -> dict[str, Any]:
     return record
 
 
-def _chat_line(example: TrainingExample) -> str:
-    """`json.dumps(chat_record(example))`, from the texts the export made once per tape."""
-    texts = example._json_texts()
+def chat_line(example: TrainingExample) -> str:
+    """The example's chat JSONL line: `json.dumps(chat_record(example), ensure_ascii=False)`
+    and a newline, joined from the texts the export made once per tape."""
+    texts = example_texts(example)
     line = '{"messages": [' + (
         f"{texts.line}, {texts.output}]" if texts.line else f"{texts.output}]"
     )
@@ -66,15 +70,15 @@ def write_chat_jsonl(
     counts = {"train": 0, "validation": 0}
     files: dict[str, IO[str]] = {}
     try:
-        files["train"] = _open(path)
+        files["train"] = open_output(path)
         if validation_path is not None:
-            files["validation"] = _open(validation_path)
+            files["validation"] = open_output(validation_path)
         for example in examples:
             out = files.get(example.split)
             if out is None:
                 written.skip("validation examples without a validation file")
                 continue
-            out.write(_chat_line(example))
+            out.write(chat_line(example))
             counts[example.split] += 1
             if on_example is not None:
                 on_example(example)
@@ -84,16 +88,6 @@ def write_chat_jsonl(
     written.train, written.validation = counts["train"], counts["validation"]
     written.examples = written.train + written.validation
     return written
-
-
-def _open(path: str | Path, *, binary: bool = False) -> IO[Any]:
-    try:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        if binary:
-            return open(path, "wb")  # noqa: SIM115 - closed by the caller
-        return open(path, "w", encoding="utf-8")  # noqa: SIM115 - closed by the caller
-    except OSError as error:
-        raise UsageError(f"Cannot write {path}: {error.strerror or error}.") from None
 
 
 def read_chat_jsonl(path: str | Path) -> list[dict[str, Any]]:

@@ -19,12 +19,25 @@ from tapeagents.errors import UsageError
 from tapeagents.tape import Tape
 
 if TYPE_CHECKING:
-    from tapeagents.store import Annotation, TapeStore, TapeSummary
+    from tapeagents.store import Annotation, TapeFilter, TapeStore, TapeSummary
 
-__all__ = ["Selection", "SplitBy", "split_of"]
+__all__ = [
+    "NO_NOTES",
+    "Selected",
+    "Selection",
+    "Split",
+    "SplitBy",
+    "TapeNotes",
+    "select_tapes",
+    "split_of",
+    "stored_choices",
+]
 
 SplitBy = Literal["task", "tape"]
 """What the train/validation split keeps together: all tapes of a task, or one tape's lineage."""
+
+Split = Literal["train", "validation"]
+"""The side of the train/validation split a tape (and its examples) is on."""
 
 _BATCH = 200
 
@@ -84,26 +97,21 @@ class Selection(BaseModel):
         if clash:
             raise UsageError(f"Labels {sorted(clash)} are both kept and dropped; pick one.")
 
-    def _store_filters(self) -> dict[str, Any]:
-        return {
-            "agent": self.agent,
-            "status": self.status,
-            "tag": self.tag,
-            "task_id": self.task_id,
-            "outcome": self.outcome,
-        }
+    def tape_filter(self) -> TapeFilter:
+        """The store's filter for the tape filters that are store columns (not the reward)."""
+        from tapeagents.store import TapeFilter
+
+        return TapeFilter(
+            agent=self.agent,
+            status=self.status,
+            tag=self.tag,
+            task_id=self.task_id,
+            outcome=self.outcome,
+        )
 
     def matches(self, summary: TapeSummary) -> bool:
         """Whether a stored tape passes the tape filters."""
-        for key, wanted in self._store_filters().items():
-            if wanted is None:
-                continue
-            if key == "tag":
-                if wanted not in summary.tags:
-                    return False
-            elif getattr(summary, key) != wanted:
-                return False
-        return self._reward_ok(summary.reward)
+        return self.tape_filter().matches(summary) and self._reward_ok(summary.reward)
 
     def matches_tape(self, tape: Tape[Any, Any], agent: str | None) -> bool:
         """Whether an in-memory tape passes the tape filters (`status` needs a store)."""
@@ -126,7 +134,7 @@ class Selection(BaseModel):
 
     # ------------------------------------------------------------------ annotations
 
-    def verdict(self, notes: _Notes, start: int, stop: int) -> str | None:
+    def verdict(self, notes: TapeNotes, start: int, stop: int) -> str | None:
         """Why the model output at steps [start, stop) is left out, or None to keep it."""
         step_notes = [note for i in range(start, stop) for note in notes.steps.get(i, ())]
         for note in (*step_notes, *notes.tape):
@@ -148,14 +156,15 @@ class Selection(BaseModel):
 
 
 @dataclass
-class _Notes:
+class TapeNotes:
     """A tape's annotations, split into tape-level and per-step ones."""
 
     tape: list[Annotation] = field(default_factory=list)
     steps: dict[int, list[Annotation]] = field(default_factory=dict)
 
     @classmethod
-    def of(cls, annotations: Iterable[Annotation]) -> _Notes:
+    def of(cls, annotations: Iterable[Annotation]) -> TapeNotes:
+        """A tape's annotations, sorted into tape-level and per-step notes."""
         notes = cls()
         for note in annotations:
             if note.step_index is None:
@@ -165,7 +174,8 @@ class _Notes:
         return notes
 
 
-NO_NOTES = _Notes()
+NO_NOTES = TapeNotes()
+"""The notes of a tape without annotations."""
 
 
 def _latest_rating(notes: Sequence[Annotation]) -> float | None:
@@ -178,7 +188,7 @@ def _latest_rating(notes: Sequence[Annotation]) -> float | None:
 # ----------------------------------------------------------------------------- split
 
 
-def split_of(group: str, *, validation: float, seed: int = 0) -> Literal["train", "validation"]:
+def split_of(group: str, *, validation: float, seed: int = 0) -> Split:
     """The side of the split a group key falls on: a seeded hash, stable as data grows.
 
     About `validation` of the groups go to validation; with few groups the share is rough.
@@ -242,7 +252,7 @@ def stored_choices(
         summaries = [store.summary(tape_id) for tape_id in selection.tape_ids]
         summaries = [s for s in summaries if selection.matches(s)]
     else:
-        found = store.list(**selection._store_filters(), limit=None)
+        found = store.list(selection.tape_filter(), limit=None)
         summaries = [s for s in reversed(found) if selection._reward_ok(s.reward)]  # oldest first
     parents = {s.id: s.parent_id for s in summaries}
     return [

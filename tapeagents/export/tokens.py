@@ -17,7 +17,9 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel
 
 from tapeagents.errors import UsageError
-from tapeagents.export.examples import ExportReport, TrainingExample
+from tapeagents.export.examples import TrainingExample
+from tapeagents.export.files import open_output
+from tapeagents.export.report import ExportReport
 
 if TYPE_CHECKING:
     from tapeagents.llms.local import LocalLLM
@@ -117,13 +119,11 @@ def write_token_jsonl(
     Validation examples go to `validation_path`, or are left out without one. Returns how many
     examples were written.
     """
-    from tapeagents.export.formats import _open
-
-    files = {"train": _open(path)}
+    files = {"train": open_output(path)}
     count = 0
     try:
         if validation_path is not None:
-            files["validation"] = _open(validation_path)
+            files["validation"] = open_output(validation_path)
         for example in examples:
             out = files.get(example.split)
             if out is None:

@@ -19,21 +19,19 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import accumulate
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Literal
+from typing import IO, TYPE_CHECKING, Any
 
 from tapeagents.errors import TapeAgentsError, UsageError
 from tapeagents.export.examples import (
-    ExportError,
-    ExportProblem,
-    ExportReport,
-    OnProblem,
     TrainingExample,
-    _examples_of,
-    _source_of,
+    source_agent_of,
+    tape_examples,
     training_examples,
 )
-from tapeagents.export.formats import _chat_line, _open, write_chat_jsonl
-from tapeagents.export.selection import Selection, SplitBy, split_of, stored_choices
+from tapeagents.export.files import open_output
+from tapeagents.export.formats import chat_line, write_chat_jsonl
+from tapeagents.export.report import ExportError, ExportProblem, ExportReport, OnProblem
+from tapeagents.export.selection import Selection, Split, SplitBy, split_of, stored_choices
 
 if TYPE_CHECKING:
     from tapeagents.agent import Agent
@@ -108,9 +106,9 @@ def export_chat_jsonl(
     jobs = _jobs(store, selection, split_by, validation, seed)
     files: dict[str, IO[bytes]] = {}
     try:
-        files["train"] = _open(path, binary=True)
+        files["train"] = open_output(path, binary=True)
         if validation_path is not None:
-            files["validation"] = _open(validation_path, binary=True)
+            files["validation"] = open_output(validation_path, binary=True)
         # The workers write their lines to files of their own, next to the output (the same
         # file system, so the kernel copies them): lines never travel through pipes.
         with tempfile.TemporaryDirectory(prefix=".export-", dir=Path(path).parent) as parts:
@@ -143,9 +141,6 @@ def _can_fork(source: object) -> bool:
     return "fork" in multiprocessing.get_all_start_methods()
 
 
-Side = Literal["train", "validation"]
-
-
 @dataclass
 class _Job:
     """What every worker needs; inherited through `fork`, never pickled (agents hold models)."""
@@ -164,7 +159,7 @@ class _Job:
 class _TapeLines:
     """One tape's share of the export, as a worker returns it."""
 
-    side: Side
+    side: Split
     ends: list[int]
     """Where each example's line ends in the worker's file (the first starts at `start`)."""
     start: int
@@ -176,7 +171,7 @@ class _TapeLines:
 
 def _jobs(
     store: TapeStore, selection: Selection, split_by: SplitBy, validation: float, seed: int
-) -> list[list[tuple[str, str | None, Side]]]:
+) -> list[list[tuple[str, str | None, Split]]]:
     """Chunks of (tape id, stored agent, side of the split), in export order."""
     chosen = [
         (summary.id, summary.agent, split_of(group, validation=validation, seed=seed))
@@ -189,7 +184,7 @@ _Result = tuple[str, list[_TapeLines], TapeAgentsError | None]
 
 
 def _run(
-    job: _Job, jobs: Sequence[list[tuple[str, str | None, Side]]], workers: int
+    job: _Job, jobs: Sequence[list[tuple[str, str | None, Split]]], workers: int
 ) -> Iterator[_Result]:
     """The workers' results, job by job in order. At most two jobs per worker are under way or
     waiting, so the parts on disk stay few."""
@@ -290,7 +285,7 @@ def _start_worker(job: _Job) -> None:
     gc.freeze()
 
 
-def _export_chunk(index: int, chunk: list[tuple[str, str | None, Side]]) -> _Result:
+def _export_chunk(index: int, chunk: list[tuple[str, str | None, Split]]) -> _Result:
     """Rebuild the examples of a chunk of tapes and write their chat lines to a part file.
 
     A tapeagents error (a problem with `on_problem="raise"`, a corrupt row) ends the chunk: it
@@ -307,10 +302,10 @@ def _export_chunk(index: int, chunk: list[tuple[str, str | None, Side]]) -> _Res
             for (tape_id, stored_agent, side), tape in zip(chunk, tapes, strict=True):
                 report = ExportReport()
                 try:
-                    examples = _examples_of(
+                    examples = tape_examples(
                         tape,
                         job.agent,
-                        source_agent=job.source_agent or _source_of(tape, stored_agent),
+                        source_agent=job.source_agent or source_agent_of(tape, stored_agent),
                         selection=job.selection if uses_notes else None,
                         report=report,
                         on_problem=job.on_problem,
@@ -329,13 +324,13 @@ def _export_chunk(index: int, chunk: list[tuple[str, str | None, Side]]) -> _Res
 def _write_lines(
     out: IO[bytes],
     examples: Sequence[TrainingExample],
-    side: Side,
+    side: Split,
     report: ExportReport,
     dedupe: bool,
 ) -> _TapeLines:
     """Write a tape's chat lines to the worker's file and say where they are."""
     start = out.tell()
-    encoded = [_chat_line(example).encode() for example in examples]
+    encoded = [chat_line(example).encode() for example in examples]
     out.write(b"".join(encoded))
     ends = list(accumulate(map(len, encoded), initial=start))[1:]
     keys = [example.key() for example in examples] if dedupe else None

@@ -22,7 +22,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from tapeagents.errors import UsageError
-from tapeagents.export.examples import ExportReport, TrainingExample
+from tapeagents.export import ExportReport, TrainingExample
 from tapeagents.export.formats import read_chat_jsonl
 from tapeagents.export.tokens import IGNORE_INDEX, TokenExample, read_token_jsonl
 from tapeagents.llms.base import LLMOutput, Prompt, ToolCallRequest
@@ -141,7 +141,7 @@ def finetune(
     """
     modules = _import_backend()
     torch, transformers, trl, peft, datasets = modules
-    from tapeagents.llms.local import LocalLLM, available_cores
+    from tapeagents.llms.local import LocalLLM, available_cores, resolve_model_dir
 
     report = report if report is not None else ExportReport()
     llm = LocalLLM(config.model)
@@ -163,7 +163,7 @@ def finetune(
     bf16 = config.bf16
     if bf16 is None:
         bf16 = device.startswith("cuda") and torch.cuda.is_bf16_supported()
-    path = llm._resolve_model_dir()
+    path = resolve_model_dir(llm.model)
     output_dir = Path(config.output_dir).expanduser()
     output_dir.mkdir(parents=True, exist_ok=True)
     with _quiet(transformers):

@@ -4,7 +4,8 @@ Pick a backend by class, or by a model string with `resolve_llm`:
 
 - `"litellm:<model>"`: any model litellm knows (hosted or self-hosted);
 - `"local:<model>"` or `"local"`: transformers on this machine, SmolLM2-135M-Instruct by default;
-- `"scripted"`: a `ScriptedLLM` that answers "OK" (tests).
+- `"scripted"`: a `ScriptedLLM` that answers "OK" (tests);
+- `"test"`: a `TestLLM` that calls every offered tool once, then answers (tests).
 
 Other packages add prefixes through the `tapeagents.llms` entry-point group: each entry point
 names a callable that takes the text after the prefix and returns an `LLM`.
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Callable
-from importlib.metadata import entry_points
+from importlib.metadata import EntryPoint, entry_points
 from typing import TYPE_CHECKING, Any
 
 from tapeagents.errors import UsageError
@@ -32,6 +33,7 @@ from tapeagents.llms.cache import CachedLLM
 from tapeagents.llms.limits import RateLimit
 from tapeagents.llms.replay import ReplayLLM
 from tapeagents.llms.scripted import ScriptedLLM, tool_call
+from tapeagents.llms.testing import TestLLM
 
 if TYPE_CHECKING:
     from tapeagents.llms.litellm import LiteLLM
@@ -50,6 +52,7 @@ __all__ = [
     "RateLimit",
     "ReplayLLM",
     "ScriptedLLM",
+    "TestLLM",
     "TextDelta",
     "TokenLogprob",
     "ToolCallRequest",
@@ -94,19 +97,25 @@ def _scripted(model: str) -> LLM:
     return ScriptedLLM(lambda prompt: "OK", model=model or "scripted")
 
 
+def _test(model: str) -> LLM:
+    return TestLLM(model=model or "test")
+
+
 _BUILTIN: dict[str, Callable[[str], LLM]] = {
     "litellm": _litellm,
     "local": _local,
     "scripted": _scripted,
+    "test": _test,
 }
-_plugins: dict[str, Callable[[str], LLM]] | None = None
+_plugins: dict[str, EntryPoint] | None = None
 
 
-def _factories() -> dict[str, Callable[[str], LLM]]:
+def _plugin_entry_points() -> dict[str, EntryPoint]:
+    """The `tapeagents.llms` entry points by prefix, read on first use (not at import)."""
     global _plugins
     if _plugins is None:
-        _plugins = {ep.name: ep.load for ep in entry_points(group="tapeagents.llms")}  # type: ignore[misc]
-    return {**_plugins, **_BUILTIN}
+        _plugins = {ep.name: ep for ep in entry_points(group="tapeagents.llms")}
+    return _plugins
 
 
 def resolve_llm(spec: str | LLM) -> LLM:
@@ -114,15 +123,18 @@ def resolve_llm(spec: str | LLM) -> LLM:
     if isinstance(spec, LLM):
         return spec
     prefix, _, model = spec.partition(":")
-    factories = _factories()
-    factory = factories.get(prefix)
-    if factory is None:
-        close = difflib.get_close_matches(prefix, factories, n=1)
+    builtin = _BUILTIN.get(prefix)
+    if builtin is not None:
+        return builtin(model)
+    plugins = _plugin_entry_points()
+    entry = plugins.get(prefix)
+    if entry is None:
+        known = sorted({*plugins, *_BUILTIN})
+        close = difflib.get_close_matches(prefix, known, n=1)
         hint = f" Did you mean {close[0]!r}?" if close else ""
         raise UsageError(
             f"Unknown model prefix {prefix!r} in {spec!r}.{hint} "
-            f"Known prefixes: {', '.join(sorted(factories))} (write 'prefix:model')."
+            f"Known prefixes: {', '.join(known)} (write 'prefix:model')."
         )
-    if prefix in _BUILTIN:
-        return factory(model)
-    return factory()(model)  # an entry point: load it, then build
+    factory: Callable[[str], LLM] = entry.load()
+    return factory(model)

@@ -116,8 +116,8 @@ class LLMCall(BaseModel):
     """Seconds from request to complete answer."""
     created_at: float = Field(default_factory=time.time)
     retries: int = 0
-    """Transient failures (rate limits, timeouts, 5xx) retried before this answer; the steps
-    parsed from the call keep it in `metadata.extra["llm_retries"]`."""
+    """Transient failures (rate limits, timeouts, 5xx) retried before this answer; the store
+    keeps it with the call."""
 
     @property
     def usage(self) -> Usage:

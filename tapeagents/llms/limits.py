@@ -7,9 +7,8 @@ again after an exponential backoff, as `RetryPolicy` says. The gate belongs to t
 object, and the rate limit can be shared by several backends, so every concurrent session of a
 batch that uses the model waits in the same line.
 
-Retries are recorded: `LLMCall.retries` counts them for the call, and the steps produced from a
-call that needed retries carry the count in `step.metadata.extra["llm_retries"]` (which the
-store keeps).
+Retries are recorded: `LLMCall.retries` counts them for the call, and the store keeps the count
+with the call.
 """
 
 from __future__ import annotations
@@ -83,7 +82,7 @@ class RetryPolicy:
 
     def delay(self, retry: int, retry_after: float = 0.0) -> float:
         """Seconds to wait before retry number `retry` (0 for the first)."""
-        delay = self.backoff * 2**retry * (1 + 0.25 * random.random())
+        delay = self.backoff * 2.0**retry * (1 + 0.25 * random.random())
         return min(max(delay, retry_after), self.max_delay)
 
 

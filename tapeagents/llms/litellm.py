@@ -17,7 +17,7 @@ import logging
 import os
 import threading
 import warnings
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from types import ModuleType
 from typing import Any
 
@@ -32,6 +32,7 @@ from tapeagents.llms.base import (
     Usage,
 )
 from tapeagents.llms.limits import RateLimit, RequestGate, RetryPolicy
+from tapeagents.secrets import is_secret_name, scrub
 
 __all__ = ["LiteLLM"]
 
@@ -49,7 +50,6 @@ _TRANSIENT_NAMES = (
 """litellm exceptions worth retrying; anything else (auth, bad request, ...) fails at once."""
 
 _RESERVED = frozenset({"model", "messages", "tools", "stream", "stream_options", "num_retries"})
-_SECRET_MARKERS = ("key", "secret", "password", "credential", "auth", "headers")
 _MAX_DELAY = 30.0
 
 
@@ -90,15 +90,6 @@ class _Secret:
 
     def __repr__(self) -> str:
         return "'***'"
-
-
-def _is_secret(name: str) -> bool:
-    lowered = name.lower()
-    return (
-        any(m in lowered for m in _SECRET_MARKERS)
-        or lowered == "token"
-        or lowered.endswith("_token")
-    )
 
 
 def _get(obj: Any, name: str, default: Any = None) -> Any:
@@ -179,7 +170,7 @@ class LiteLLM(LLM):
         for name, value in extra.items():
             if name.startswith("mock_"):
                 self._hidden[name] = value
-            elif _is_secret(name):
+            elif is_secret_name(name):
                 self._hidden[name] = _Secret(value)
             else:
                 params[name] = value
@@ -308,7 +299,8 @@ class LiteLLM(LLM):
         exc = litellm.exceptions
         if isinstance(error, exc.ContextWindowExceededError):
             return ContextWindowExceeded(
-                f"The prompt does not fit in the context window of {self.model!r}: {error}. "
+                f"The prompt does not fit in the context window of {self.model!r}: "
+                f"{self._scrub(str(error))}. "
                 "Shorten the prompt (fewer or shorter messages, fewer tools) or use a model "
                 "with a larger context window."
             )
@@ -332,8 +324,21 @@ class LiteLLM(LLM):
             hint = "Check the model name, api_base and credentials."
         after = f" after {retries} retries" if retries else ""
         return LLMError(
-            f"LiteLLM call to {self.model!r} failed{after}: {type(error).__name__}: {error}. {hint}"
+            f"LiteLLM call to {self.model!r} failed{after}: {type(error).__name__}: "
+            f"{self._scrub(str(error))}. {hint}"
         )
+
+    def _scrub(self, text: str) -> str:
+        """The text with this backend's credentials (and any URL password) hidden."""
+        values = [self._api_key.value]
+        values += [v.value for v in self._hidden.values() if isinstance(v, _Secret)]
+        secrets = [  # a header dict (extra_headers=) holds its secrets in its values
+            item
+            for value in values
+            for item in (value.values() if isinstance(value, Mapping) else [value])
+            if isinstance(item, str)
+        ]
+        return scrub(text, secrets=secrets)
 
     def _output(self, litellm: ModuleType, response: Any) -> LLMOutput:
         """Convert a litellm `ModelResponse` into an `LLMOutput`."""

@@ -39,11 +39,11 @@ from tapeagents.llms.base import (
     Usage,
 )
 from tapeagents.llms.limits import RateLimit, RequestGate, RetryPolicy
+from tapeagents.secrets import is_secret_name, redact_url, scrub
 
 __all__ = ["OpenAICompatLLM"]
 
 _RESERVED = frozenset({"model", "messages", "tools", "stream", "stream_options", "response_format"})
-_SECRET_MARKERS = ("key", "secret", "password", "credential", "auth")
 _CONNECTIONS_PER_POOL = 2
 _TRANSIENT_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
 _CONTEXT_MARKERS = (
@@ -140,7 +140,7 @@ class OpenAICompatLLM(LLM):
                 "arguments (the prompt carries tools and response_format; use LLM.stream to "
                 "stream)."
             )
-        secret = [name for name in extra if _is_secret(name)]
+        secret = [name for name in extra if is_secret_name(name)]
         if secret:
             raise UsageError(
                 f"{', '.join(secret)} look like credentials, which would be recorded with every "
@@ -148,8 +148,8 @@ class OpenAICompatLLM(LLM):
             )
         if not base_url.startswith(("http://", "https://")):
             raise UsageError(
-                f"base_url {base_url!r} is not an http(s) URL; give the server's API root, "
-                "for example http://127.0.0.1:8000/v1."
+                f"base_url {redact_url(base_url)!r} is not an http(s) URL; give the server's "
+                "API root, for example http://127.0.0.1:8000/v1."
             )
         if max_connections < 1:
             raise UsageError("OpenAICompatLLM needs max_connections >= 1.")
@@ -170,6 +170,8 @@ class OpenAICompatLLM(LLM):
         if api_key:
             self._headers["Authorization"] = f"Bearer {api_key}"
         self._url = f"{self.base_url}/chat/completions"
+        self._shown_url = redact_url(self._url)
+        """The endpoint as shown in errors: without a password in it."""
         self._parsed_url = httpx.URL(self._url)
         self._timeouts = httpx.Timeout(timeout, connect=min(timeout, 10.0)).as_dict()
         self._ssl: ssl.SSLContext | None = None
@@ -185,11 +187,13 @@ class OpenAICompatLLM(LLM):
     # --------------------------------------------------------------------- transport
 
     def _new_transport(self) -> httpx.AsyncHTTPTransport:
-        tls = self.base_url.startswith("https://")
-        if tls and self._ssl is None:
-            self._ssl = ssl.create_default_context(cafile=certifi.where())  # once, not per pool
+        verify: ssl.SSLContext | bool = False  # plain http: no certificates to load
+        if self.base_url.startswith("https://"):
+            if self._ssl is None:
+                self._ssl = ssl.create_default_context(cafile=certifi.where())  # once, not per pool
+            verify = self._ssl
         return httpx.AsyncHTTPTransport(
-            verify=self._ssl if tls else False,  # plain http: no certificates to load
+            verify=verify,
             limits=httpx.Limits(
                 max_connections=_CONNECTIONS_PER_POOL,
                 max_keepalive_connections=_CONNECTIONS_PER_POOL,
@@ -293,7 +297,7 @@ class OpenAICompatLLM(LLM):
             message = choice["message"]
         except (ValueError, KeyError, IndexError, TypeError) as error:
             raise LLMError(
-                f"{self._url} answered with something that is not a chat completion "
+                f"{self._shown_url} answered with something that is not a chat completion "
                 f"({type(error).__name__}: {error}): {response.text[:300]!r}. Check that "
                 "base_url points at an OpenAI-compatible API root (ending in /v1)."
             ) from None
@@ -358,7 +362,8 @@ class OpenAICompatLLM(LLM):
         usage: Any = None
         async for chunk in self._chunks(response):
             if "error" in chunk:
-                status = chunk.get("code") if isinstance(chunk.get("code"), int) else 500
+                code = chunk.get("code")
+                status = code if isinstance(code, int) else 500
                 raise _HTTPFailure(status, json.dumps(chunk), response.headers)
             if chunk.get("usage"):
                 usage = chunk["usage"]
@@ -410,7 +415,9 @@ class OpenAICompatLLM(LLM):
         except ValueError:
             chunk = None
         if not isinstance(chunk, dict):
-            raise LLMError(f"{self._url} sent an event that is not a JSON object: {data[:300]!r}.")
+            raise LLMError(
+                f"{self._shown_url} sent an event that is not a JSON object: {data[:300]!r}."
+            )
         return chunk
 
     def _output(
@@ -440,9 +447,11 @@ class OpenAICompatLLM(LLM):
         if isinstance(error, LLMError):
             return error
         after = f" after {retries} retries" if retries else ""
-        where = f"{self.model!r} at {self.base_url}"
+        where = f"{self.model!r} at {redact_url(self.base_url)}"
+        secrets = self._secret_values()
+        detail = scrub(str(error), secrets=secrets)
         if isinstance(error, _HTTPFailure):
-            message = _message_of(error.text)
+            message = scrub(_message_of(error.text), secrets=secrets)
             if error.status in (400, 413, 422) and any(
                 marker in message.lower() for marker in _CONTEXT_MARKERS
             ):
@@ -472,13 +481,19 @@ class OpenAICompatLLM(LLM):
             )
         if isinstance(error, httpx.HTTPError):
             return LLMError(
-                f"Cannot reach {where}{after}: {type(error).__name__}: {error}. Check that the "
+                f"Cannot reach {where}{after}: {type(error).__name__}: {detail}. Check that the "
                 "server is running and listening there (vllm serve, llama-server, ollama serve)."
             )
-        return LLMError(f"Request to {where} failed{after}: {type(error).__name__}: {error}")
+        return LLMError(f"Request to {where} failed{after}: {type(error).__name__}: {detail}")
+
+    def _secret_values(self) -> list[str]:
+        """What error messages must not show: the secret headers' values and their tokens (the
+        API key of `Bearer <key>`). Worked out on failure, so no copy of them sits in the object."""
+        values = [value for name, value in self._headers.items() if is_secret_name(name)]
+        return values + [value.partition(" ")[2] for value in values]
 
     def __repr__(self) -> str:
-        return f"OpenAICompatLLM({self.model!r}, base_url={self.base_url!r})"
+        return f"OpenAICompatLLM({self.model!r}, base_url={redact_url(self.base_url)!r})"
 
 
 class _Clients:
@@ -523,15 +538,6 @@ async def _close_at_loop_end(clients: _Clients) -> AsyncGenerator[None]:
         yield
     finally:
         await clients.aclose()
-
-
-def _is_secret(name: str) -> bool:
-    lowered = name.lower()
-    return (
-        any(m in lowered for m in _SECRET_MARKERS)
-        or lowered == "token"
-        or lowered.endswith("_token")
-    )
 
 
 def _is_transient(error: Exception) -> bool:

@@ -1,10 +1,16 @@
-"""Engines and transactions of the tape store: SQLite pragmas, PostgreSQL drivers, and database
-failures turned into `StoreError`s that name the store."""
+"""The store's connection to its database: engines, transactions, and database failures turned
+into `StoreError`s that name the store.
+
+`Database` is the one object every part of the store (and the group committer) is handed: the
+engine, the statements prebuilt for its dialect, and read and write transactions.
+"""
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from types import TracebackType
+from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import Connection, make_url
@@ -12,53 +18,102 @@ from sqlalchemy.exc import DBAPIError, NoSuchModuleError, SQLAlchemyError
 from sqlalchemy.pool import StaticPool
 
 from tapeagents.errors import StoreError, UsageError
+from tapeagents.store.rows import Statements
 
-if TYPE_CHECKING:
-    from tapeagents.store.store import TapeStore
+__all__ = ["Database", "Transaction", "create_store_engine", "reason"]
 
-__all__ = ["Transaction", "create_store_engine", "reason"]
+
+class Database:
+    """One store's database: its engine, prebuilt statements and transactions.
+
+    Args:
+        url: A SQLAlchemy URL (`sqlite:///tapes.db`, `postgresql+psycopg://user@host/db`).
+
+    It can be shared by threads, like the engine it wraps.
+    """
+
+    def __init__(self, url: str) -> None:
+        self.engine = create_store_engine(url)
+        self.display_url = self.engine.url.render_as_string(hide_password=True)
+        """The URL with its password hidden, for messages."""
+        self.statements = Statements(self.engine.dialect.name)
+        self.writes_inline = self.engine.dialect.name == "sqlite"
+        """SQLite writes take well under a millisecond: callers in an event loop may make them
+        directly rather than through a worker thread."""
+
+    def check_reachable(self) -> None:
+        """Connect once, so that a wrong URL or a stopped server fails here, clearly."""
+        try:
+            with self.engine.connect():
+                pass
+        except SQLAlchemyError as error:
+            raise StoreError(
+                f"Cannot open the tape store at {self.display_url}: {reason(error)}. "
+                "Check that the database server is running and the URL is right."
+            ) from None
+
+    def read(self) -> Transaction:
+        """A connection for reading."""
+        return Transaction(self, write=False)
+
+    def write(self) -> Transaction:
+        """A connection in a transaction, committed when the block ends without an error."""
+        return Transaction(self, write=True)
+
+    def missing(self, tape_id: str) -> StoreError:
+        """The error for a tape id the store does not have."""
+        return StoreError(
+            f"No tape {tape_id!r} in {self.display_url}. `tapeagents ls` lists the stored tapes."
+        )
 
 
 class Transaction:
     """A connection (in a transaction when writing) whose database failures become
     `StoreError`s that name the store."""
 
-    def __init__(self, store: TapeStore, *, write: bool) -> None:
-        self.store = store
+    def __init__(self, database: Database, *, write: bool) -> None:
+        self.database = database
         self.verb = "write to" if write else "read from"
         self.write = write
-        self._context: Any = None
+        self._context: AbstractContextManager[Connection] | None = None
 
     def _error(self, error: SQLAlchemyError) -> StoreError:
         return StoreError(
-            f"Cannot {self.verb} the tape store at {self.store.display_url}: {reason(error)}"
+            f"Cannot {self.verb} the tape store at {self.database.display_url}: {reason(error)}"
         )
 
     def __enter__(self) -> Connection:
-        engine = self.store.engine
+        engine = self.database.engine
         try:
             self._context = engine.begin() if self.write else engine.connect()
             return self._context.__enter__()
         except SQLAlchemyError as error:
             raise self._error(error) from None
 
-    def __exit__(self, kind: Any, error: Any, traceback: Any) -> bool:
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        assert self._context is not None, "a transaction is left only after it was entered"
         try:
             self._context.__exit__(kind, error, traceback)
         except SQLAlchemyError as failure:
             raise self._error(failure) from None
         if isinstance(error, SQLAlchemyError):
             raise self._error(error) from None
-        return False
 
 
 def reason(error: SQLAlchemyError) -> str:
+    """The first line of what the database said, with the driver's error class."""
     if isinstance(error, DBAPIError) and error.orig is not None:
         return f"{type(error.orig).__name__}: {str(error.orig).strip().splitlines()[0]}"
     return str(error).splitlines()[0]
 
 
 def create_store_engine(url: str) -> Engine:
+    """An engine for the store: SQLite in WAL mode, or PostgreSQL with a pinged pool."""
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         database = parsed.database

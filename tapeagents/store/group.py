@@ -14,38 +14,40 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 from sqlalchemy.engine import Connection
 
-if TYPE_CHECKING:
-    from tapeagents.store.store import TapeStore
+from tapeagents.store.engine import Database
 
 __all__ = ["GroupCommit"]
 
 T = TypeVar("T")
 Write = Callable[[Connection], Any]
+"""A write: it runs in a transaction and its result goes to the writer that queued it."""
+Queued = tuple[Write, asyncio.Future[Any]]
+Outcome = tuple[bool, Any]
+"""(True, the write's result) or (False, the exception it raised)."""
 
 WAIT_TURNS = 2
 """Turns of the event loop a group gathers writes before it commits. An idle loop turns in
 microseconds, so a lone write is not held up; a busy one gathers more writes per transaction.
-Measured with 64 concurrent runs of an in-process model answering in 100 ms (framework and
-store CPU a call): 0 turns 5 writes a transaction and 0.50 ms, 2 turns 14 and 0.42 ms, 4 turns
-32 and 0.36 ms but 5% less throughput, as every step waits longer."""
+More turns gather more writes but hold every step longer (docs/benchmarks.md has the
+measurements behind this choice)."""
 
 
 class GroupCommit:
     """The queue of one event loop's writes to one store (see the module docstring).
 
-    On SQLite (`store.writes_inline`) a group is committed in the loop itself, once the
-    callbacks that are ready have run; elsewhere in a worker thread, while the next group
-    gathers.
+    It opens its transactions through `database`. On SQLite (`database.writes_inline`) a group
+    is committed in the loop itself, once the callbacks that are ready have run; elsewhere in a
+    worker thread, while the next group gathers.
     """
 
-    def __init__(self, store: TapeStore, loop: asyncio.AbstractEventLoop) -> None:
-        self.store = store
+    def __init__(self, database: Database, loop: asyncio.AbstractEventLoop) -> None:
+        self.database = database
         self.loop = loop
-        self._queue: list[tuple[Write, asyncio.Future[Any]]] = []
+        self._queue: list[Queued] = []
         self._scheduled = False
         self._waited = 0
         self.groups = 0
@@ -78,14 +80,14 @@ class GroupCommit:
             return
         self._waited = 0
         group, self._queue = self._queue, []
-        if self.store.writes_inline:
+        if self.database.writes_inline:
             self._scheduled = False
             self._finish(group, self._commit(group))
             return
         thread = self.loop.run_in_executor(None, self._commit, group)
         thread.add_done_callback(lambda outcome: self._threaded_done(group, outcome))
 
-    def _threaded_done(self, group: list[Any], outcome: asyncio.Future[list[Any]]) -> None:
+    def _threaded_done(self, group: list[Queued], outcome: asyncio.Future[list[Outcome]]) -> None:
         error = outcome.exception()  # `_commit` catches failures; this is for the unforeseen
         self._finish(group, [(False, error)] * len(group) if error else outcome.result())
         if self._queue:  # gathered while the thread was committing
@@ -93,21 +95,21 @@ class GroupCommit:
         else:
             self._scheduled = False
 
-    def _commit(self, group: list[tuple[Write, Any]]) -> list[tuple[bool, Any]]:
+    def _commit(self, group: list[Queued]) -> list[Outcome]:
         """Commit the group in one transaction, or each write alone if that fails."""
         if len(group) > 1:
             try:
-                with self.store._write() as connection:
+                with self.database.write() as connection:
                     results = [(True, write(connection)) for write, _ in group]
                 self.groups += 1
                 self.writes += len(group)
                 return results
             except Exception:  # noqa: BLE001 - each write is retried alone and reports its own
                 pass
-        outcomes: list[tuple[bool, Any]] = []
+        outcomes: list[Outcome] = []
         for write, _ in group:
             try:
-                with self.store._write() as connection:
+                with self.database.write() as connection:
                     outcomes.append((True, write(connection)))
                 self.groups += 1
                 self.writes += 1
@@ -116,7 +118,7 @@ class GroupCommit:
         return outcomes
 
     @staticmethod
-    def _finish(group: list[tuple[Write, asyncio.Future[Any]]], outcomes: list[Any]) -> None:
+    def _finish(group: list[Queued], outcomes: list[Outcome]) -> None:
         for (_, done), (ok, value) in zip(group, outcomes, strict=True):
             if done.cancelled():
                 continue

@@ -6,7 +6,8 @@ appears in a thousand prompts of one tape is therefore stored once, and a step's
 model output it came from share one row.
 """
 
-from __future__ import annotations
+# No `from __future__ import annotations` here: type checkers would take the `annotations`
+# table below for that import.
 
 from sqlalchemy import Column, Float, Index, Integer, MetaData, String, Table, Text
 
@@ -21,7 +22,7 @@ __all__ = [
     "tapes",
 ]
 
-SCHEMA_VERSION = "0002"
+SCHEMA_VERSION = "0003"
 """Alembic revision of the schema this code writes."""
 
 metadata = MetaData()
@@ -83,8 +84,10 @@ llm_calls = Table(
     Column("cost", Float),
     Column("latency", Float),
     Column("created_at", Float, nullable=False),
+    Column("retries", Integer, nullable=False, server_default="0"),
     sqlite_with_rowid=False,
 )
+"""One row per LLM call; `retries` counts the transient failures retried before the answer."""
 
 blobs = Table(
     "blobs",

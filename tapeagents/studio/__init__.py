@@ -1,9 +1,8 @@
 """The studio: a local web app to browse, step through, fork, edit, resume and compare tapes.
 
 `create_app(store, agents=..., token=...)` builds the FastAPI application (extra `studio`);
-`tapeagents studio` serves it. `tapeagents.studio.render` draws the step view with jinja2 only,
-which is what `Tape._repr_html_` uses in notebooks, so importing this package imports no web
-framework.
+`tapeagents studio` serves it. The step view it shows is `tapeagents.render.html` (jinja2 only,
+also what notebooks show), so importing this package imports no web framework.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ run agents, so it guards every request:
   `Authorization: Bearer T`, an `X-Studio-Token` header, or the `tapeagents_studio` cookie. A
   page opened with `?token=T` gets the cookie and is redirected to the same URL without it.
 - **Posts**: every state-changing request is a POST whose `Origin` (or `Referer`) must be the
-  studio itself, and whose form carries the app's CSRF token (checked in `app.read_form`).
+  studio itself, and whose form carries the app's CSRF token (checked in `Studio.read_form`).
 - **Headers**: a strict Content-Security-Policy (scripts and styles only from the studio, images
   also from `data:`), no framing, no sniffing, no referrer.
 """

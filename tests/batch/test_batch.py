@@ -13,6 +13,7 @@ from rich.console import Console
 
 from tapeagents import Agent, Environment, LLMNode
 from tapeagents.batch import (
+    BatchOptions,
     TaskResult,
     batch_tag,
     default_batch_id,
@@ -22,7 +23,7 @@ from tapeagents.batch import (
 )
 from tapeagents.errors import LLMError, StoreError, UsageError
 from tapeagents.llms import LLMOutput, Prompt, ScriptedLLM
-from tapeagents.store import TapeStore
+from tapeagents.store import TapeFilter, TapeStore
 from tests.batch.agents import SlowLLM, answer, calc_agent, calc_env, steps_agent
 
 
@@ -35,13 +36,14 @@ async def collect(*args: Any, **kwargs: Any) -> list[TaskResult]:
 
 
 async def test_each_task_becomes_a_stored_tagged_tape(store: TapeStore) -> None:
-    results = await collect(steps_agent(3), tasks(5), store=store, batch_id="b1", concurrency=3)
+    options = BatchOptions(batch_id="b1", concurrency=3)
+    results = await collect(steps_agent(3), tasks(5), store=store, options=options)
     assert sorted(r.task_id for r in results) == [f"t{i}" for i in range(5)]
     assert {r.status for r in results} == {"stopped"}
     assert all(r.llm_calls == 3 and r.steps == 3 and not r.skipped for r in results)
-    stored = store.list(tag=batch_tag("b1"), limit=None)
+    stored = store.list(TapeFilter(tag=batch_tag("b1")), limit=None)
     assert len(stored) == 5 and {s.status for s in stored} == {"stopped"}
-    (summary,) = store.list(task_id="t3")
+    (summary,) = store.list(TapeFilter(task_id="t3"))
     assert summary.id == tape_id_for("b1", "t3")
     tape = store.get(summary.id)
     assert tape.metadata.task_id == "t3" and batch_tag("b1") in tape.metadata.tags
@@ -55,7 +57,7 @@ async def test_concurrency_is_bounded_and_results_stream_as_they_finish() -> Non
     agent = Agent("slow", nodes=[LLMNode()], llms=llm)
     start = time.monotonic()
     arrivals = []
-    async for _ in run_batch(agent, tasks(12), concurrency=4):
+    async for _ in run_batch(agent, tasks(12), options=BatchOptions(concurrency=4)):
         arrivals.append(time.monotonic() - start)
     assert llm.max_in_flight == 4
     assert len(arrivals) == 12
@@ -79,7 +81,7 @@ async def test_a_failing_task_is_stored_with_its_error_and_the_batch_goes_on(
     assert results["boom"].failed and "blew up on purpose" in (results["boom"].error or "")
     assert results["no-env"].failed and "sandbox unavailable" in (results["no-env"].error or "")
     for task_id in ("boom", "no-env"):
-        (summary,) = store.list(task_id=task_id)
+        (summary,) = store.list(TapeFilter(task_id=task_id))
         assert summary.status == "error"
         assert "RuntimeError" in (store.get(summary.id).metadata.error or "") or task_id == "no-env"
     no_env = store.get(results["no-env"].tape_id)
@@ -125,16 +127,17 @@ async def test_rerun_skips_finished_tapes_and_resumes_interrupted_ones(store: Ta
     work = [{"id": f"t{i}", "message": "fast" if i < 2 else "slow"} for i in range(8)]
     agent = Agent("slow", nodes=steps_agent(4).nodes, llms=SlowLLM(0.02))
     first = []
-    async with aclosing(run_batch(agent, work, store=store, concurrency=4, batch_id="r")) as run:
+    options = BatchOptions(concurrency=4, batch_id="r")
+    async with aclosing(run_batch(agent, work, store=store, options=options)) as run:
         async for result in run:
             first.append(result)
             if len(first) == 2:
                 break  # closing the batch cuts the slow tapes off mid-run
-    running = store.list(tag=batch_tag("r"), status="running", limit=None)
+    running = store.list(TapeFilter(tag=batch_tag("r"), status="running"), limit=None)
     assert running, "some tapes were cut off mid-run"
     partial = {s.id: s.length for s in running}
 
-    second = await collect(agent, work, store=store, concurrency=4, batch_id="r")
+    second = await collect(agent, work, store=store, options=options)
     by_id = {r.task_id: r for r in second}
     assert sorted(by_id) == sorted(t["id"] for t in work)
     skipped = {r.task_id for r in second if r.skipped}
@@ -144,7 +147,7 @@ async def test_rerun_skips_finished_tapes_and_resumes_interrupted_ones(store: Ta
     assert {r.tape_id for r in resumed} == set(partial)
     for result in resumed:  # continued from the last stored step: nothing is done twice
         assert result.steps == 4 - (partial[result.tape_id] - 1)
-    for summary in store.list(tag=batch_tag("r"), limit=None):
+    for summary in store.list(TapeFilter(tag=batch_tag("r")), limit=None):
         assert summary.status == "stopped"
         assert store.get(summary.id).kinds() == [
             "user",
@@ -153,7 +156,7 @@ async def test_rerun_skips_finished_tapes_and_resumes_interrupted_ones(store: Ta
             "reasoning",
             "final_answer",
         ]
-    third = await collect(agent, work, store=store, batch_id="r")
+    third = await collect(agent, work, store=store, options=BatchOptions(batch_id="r"))
     assert all(r.skipped for r in third)
 
 
@@ -162,7 +165,8 @@ async def test_cancelling_the_batch_leaves_a_consistent_store(sqlite_store: Tape
     work = tasks(6)
 
     async def drain() -> None:
-        async for _ in run_batch(agent, work, store=sqlite_store, concurrency=6, batch_id="c"):
+        options = BatchOptions(concurrency=6, batch_id="c")
+        async for _ in run_batch(agent, work, store=sqlite_store, options=options):
             pass
 
     runner = asyncio.create_task(drain())
@@ -170,12 +174,12 @@ async def test_cancelling_the_batch_leaves_a_consistent_store(sqlite_store: Tape
     runner.cancel()  # what Ctrl-C does to asyncio.run's main task
     with pytest.raises(asyncio.CancelledError):
         await runner
-    stored = sqlite_store.list(tag=batch_tag("c"), limit=None)
+    stored = sqlite_store.list(TapeFilter(tag=batch_tag("c")), limit=None)
     assert stored and all(s.status == "running" for s in stored)
     for summary in stored:
         tape = sqlite_store.get(summary.id)  # every stored prefix loads
         assert tape.kinds()[0] == "user" and len(tape) == summary.length
-    results = await collect(agent, work, store=sqlite_store, batch_id="c")
+    results = await collect(agent, work, store=sqlite_store, options=BatchOptions(batch_id="c"))
     assert {r.status for r in results} == {"stopped"}
 
 
@@ -189,11 +193,13 @@ async def test_retry_failed_resumes_tapes_that_ended_in_error(sqlite_store: Tape
         return answer(prompt)
 
     agent = Agent("flaky", nodes=[LLMNode()], llms=ScriptedLLM(once_down))
-    (first,) = await collect(agent, tasks(1), store=sqlite_store, batch_id="f")
+    options = BatchOptions(batch_id="f")
+    (first,) = await collect(agent, tasks(1), store=sqlite_store, options=options)
     assert first.failed
-    (again,) = await collect(agent, tasks(1), store=sqlite_store, batch_id="f")
+    (again,) = await collect(agent, tasks(1), store=sqlite_store, options=options)
     assert again.skipped and again.status == "error"
-    (retried,) = await collect(agent, tasks(1), store=sqlite_store, batch_id="f", retry_failed=True)
+    retrying = BatchOptions(batch_id="f", retry_failed=True)
+    (retried,) = await collect(agent, tasks(1), store=sqlite_store, options=retrying)
     assert retried.resumed and retried.status == "awaiting_input"
     assert sqlite_store.get(retried.tape_id).kinds() == ["user", "llm_failure", "assistant"]
 
@@ -206,10 +212,12 @@ async def test_usage_errors() -> None:
         await collect(agent, [{"id": "a"}, {"id": "a"}])
     with pytest.raises(UsageError, match="not both"):
         await collect(agent, tasks(1), env=calc_env(), env_factory=lambda task: None)
-    with pytest.raises(UsageError, match="concurrency"):
-        await collect(agent, tasks(1), concurrency=0)
+    with pytest.raises(UsageError, match="concurrency must be at least 1"):
+        BatchOptions(concurrency=0)
     with pytest.raises(UsageError, match="Unknown batch backend 'threads'"):
-        await collect(agent, tasks(1), backend="threads")  # type: ignore[arg-type]
+        BatchOptions(backend="threads")  # type: ignore[arg-type]
+    with pytest.raises(UsageError, match="chunk_size must be at least 1"):
+        BatchOptions(chunk_size=0)
     with pytest.raises(UsageError, match="async for result in run_batch"):
         run_batch_sync(agent, tasks(1))
 
@@ -228,7 +236,12 @@ def test_progress_bar_and_summary_table(sqlite_store: TapeStore) -> None:
     console = Console(file=out, width=160, force_terminal=False)
     work = [*tasks(4), {"id": "boom", "message": "boom"}]
     summary = run_batch_sync(
-        steps_agent(2), work, store=sqlite_store, progress=True, console=console, batch_id="p"
+        steps_agent(2),
+        work,
+        store=sqlite_store,
+        options=BatchOptions(batch_id="p"),
+        progress=True,
+        console=console,
     )
     assert summary.by_status() == {"error": 1, "stopped": 4}
     assert summary.failed == 1 and summary.total("llm_calls") == 8
@@ -257,7 +270,8 @@ async def test_store_that_disappears_mid_batch_stops_the_batch(postgres_url: str
     agent = Agent("gone", nodes=steps_agent(3).nodes, llms=ScriptedLLM(drop_database_on_tenth_call))
     seen = []
     with pytest.raises(StoreError, match="again \\(batch id 'gone-1'\\) to resume") as info:
-        async for result in run_batch(agent, tasks(20), store=store, batch_id="gone-1"):
+        options = BatchOptions(batch_id="gone-1")
+        async for result in run_batch(agent, tasks(20), store=store, options=options):
             seen.append(result)
     assert "stopped" in str(info.value) and "Cannot" in str(info.value)
     assert len(seen) < 20
@@ -269,14 +283,13 @@ async def test_after_closing_a_batch_the_store_no_longer_changes(postgres_url: s
     agent = steps_agent(4)  # no model latency: most of the time goes to the store's threads
     with TapeStore(postgres_url) as store:
         work = tasks(32)
-        async with aclosing(
-            run_batch(agent, work, store=store, concurrency=16, batch_id="x")
-        ) as run:
+        options = BatchOptions(concurrency=16, batch_id="x")
+        async with aclosing(run_batch(agent, work, store=store, options=options)) as run:
             async for _ in run:
                 break
-        before = {s.id: s.length for s in store.list(tag=batch_tag("x"), limit=None)}
+        before = {s.id: s.length for s in store.list(TapeFilter(tag=batch_tag("x")), limit=None)}
         await asyncio.sleep(0.3)
-        after = {s.id: s.length for s in store.list(tag=batch_tag("x"), limit=None)}
+        after = {s.id: s.length for s in store.list(TapeFilter(tag=batch_tag("x")), limit=None)}
         assert before == after
-        results = await collect(agent, work, store=store, batch_id="x")  # resumes cleanly
+        results = await collect(agent, work, store=store, options=options)  # resumes cleanly
         assert {r.status for r in results} == {"stopped"}

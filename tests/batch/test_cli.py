@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from tapeagents.batch import batch_tag
 from tapeagents.cli import app
 from tapeagents.errors import StoreError
-from tapeagents.store import TapeStore
+from tapeagents.store import TapeFilter, TapeStore
 
 ROOT = Path(__file__).resolve().parents[2]
 AGENT = "tests.batch.agents:three_steps"
@@ -57,7 +57,8 @@ def test_batch_runs_the_good_lines_and_reports_the_bad_ones(tmp_path: Path) -> N
     assert "tasks run" in output and "calls/s" in output
     assert "tapeagents ls --tag batch:cli" in output
     with TapeStore(db) as store:
-        stored = {s.task_id: s.status for s in store.list(tag=batch_tag("cli"), limit=None)}
+        listed = store.list(TapeFilter(tag=batch_tag("cli")), limit=None)
+        stored = {s.task_id: s.status for s in listed}
     assert stored == {"a": "stopped", "b": "error", "7": "stopped"}
 
     again = invoke(*args)
@@ -154,7 +155,7 @@ def test_ctrl_c_stops_cleanly_and_the_same_command_resumes(tmp_path: Path) -> No
         try:
             if db.exists():
                 watcher = watcher or TapeStore(f"sqlite:///{db}", upgrade=False)
-                if watcher.count(status="running") >= 2:
+                if watcher.count(TapeFilter(status="running")) >= 2:
                     break
         except StoreError:  # the batch is still creating its tables
             continue
@@ -166,7 +167,7 @@ def test_ctrl_c_stops_cleanly_and_the_same_command_resumes(tmp_path: Path) -> No
     assert process.returncode == 130, stderr
     assert "Interrupted:" in stderr and "Resume with: tapeagents" in stderr
     with TapeStore(f"sqlite:///{db}") as store:
-        assert store.count(status="running") >= 1
+        assert store.count(TapeFilter(status="running")) >= 1
     done = subprocess.run(
         command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
     )

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 
 from tapeagents import Agent
-from tapeagents.batch import run_batch
+from tapeagents.batch import BatchOptions, run_batch
 from tapeagents.errors import UsageError
 from tapeagents.llms import OpenAICompatLLM, Prompt, RateLimit
 from tapeagents.llms.limits import RetryPolicy, estimate_tokens
@@ -71,19 +71,19 @@ async def test_a_batch_shares_one_rate_limit_and_tapes_record_retries(stub: Stub
     store = TapeStore("sqlite:///:memory:")
     work = [{"id": i, "message": f"task {i}"} for i in range(15)]
     start = time.monotonic()
-    results = [r async for r in run_batch(agent, work, store=store, concurrency=15)]
+    options = BatchOptions(concurrency=15)
+    results = [r async for r in run_batch(agent, work, store=store, options=options)]
     elapsed = time.monotonic() - start
     assert {r.status for r in results} == {"stopped"}
     assert sum(r.retries for r in results) == 3  # the stub refused the first three requests
     assert limit.requests == 33  # every attempt of every session went through the one limit
     assert elapsed > 0.6  # 33 requests at 20 a second, 20 of them at once: at least 0.65 s
     retried = [
-        step.metadata.extra["llm_retries"]
+        call.retries
         for summary in store.list(limit=None)
-        for step in store.get(summary.id).steps
-        if "llm_retries" in step.metadata.extra
+        for call in store.llm_calls_of(store.get(summary.id))
     ]
-    assert sum(retried) == 3  # the tape keeps them, durably
+    assert sum(retried) == 3  # the store keeps them with the LLM calls, durably
     assert not llm._clients  # the batch closed its connections
 
 

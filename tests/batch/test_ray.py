@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from tapeagents.batch import batch_tag, run_batch_sync
+from tapeagents.batch import BatchOptions, batch_tag, run_batch_sync
 from tapeagents.llms import RateLimit
-from tapeagents.store import TapeStore
+from tapeagents.store import TapeFilter, TapeStore
 from tests.batch.agents import steps_agent
 from tests.store.conftest import POSTGRES_URL
 
@@ -49,19 +49,18 @@ def test_ray_workers_share_one_store_and_a_dead_worker_is_replaced(
     work.append({"id": "dies", "message": f"die {marker}"})  # kills its worker, the first time
     agent = steps_agent(3)
     with TapeStore(postgres_url) as store:
-        summary = run_batch_sync(
-            agent, work, store=store, backend="ray", concurrency=4, batch_id="ray", chunk_size=4
-        )
+        options = BatchOptions(backend="ray", concurrency=4, batch_id="ray", chunk_size=4)
+        summary = run_batch_sync(agent, work, store=store, options=options)
         assert marker.exists(), "the worker was killed once"
         # tapes the dead worker finished are reported as done before the retry of its chunk
         assert set(summary.by_status()) == {"stopped"}
         assert len(summary.ran) + summary.skipped == 8
-        stored = store.list(tag=batch_tag("ray"), limit=None)
+        stored = store.list(TapeFilter(tag=batch_tag("ray")), limit=None)
         assert len(stored) == 8 and {s.status for s in stored} == {"stopped"}
         assert {s.task_id for s in stored} == {t["id"] for t in work}
         died = store.get(next(s.id for s in stored if s.task_id == "dies"))
         assert died.kinds() == ["user", "reasoning", "reasoning", "final_answer"]
-        again = run_batch_sync(agent, work, store=store, backend="ray", batch_id="ray")
+        again = run_batch_sync(agent, work, store=store, options=options)
         assert again.skipped == 8
 
 
@@ -71,7 +70,8 @@ def test_ray_needs_a_store_every_worker_can_open() -> None:
     pytest.importorskip("ray")
 
     with TapeStore("sqlite:///:memory:") as store, pytest.raises(UsageError, match="PostgreSQL"):
-        run_batch_sync(steps_agent(2), [{"id": 1}], store=store, backend="ray")
+        options = BatchOptions(backend="ray")
+        run_batch_sync(steps_agent(2), [{"id": 1}], store=store, options=options)
 
 
 def test_rate_limits_are_split_between_workers() -> None:
@@ -90,10 +90,11 @@ def test_ray_workers_call_an_openai_compatible_server(postgres_url: str, ray_clu
         llm = OpenAICompatLLM("echo", base_url=stub.base_url, api_key="sk-test", rate_limit=limit)
         agent = Agent("remote", nodes=steps_agent(2).nodes, llms=llm)
         work = [{"id": i, "message": f"task {i}"} for i in range(6)]
-        summary = run_batch_sync(agent, work, store=store, backend="ray", batch_id="http")
+        options = BatchOptions(backend="ray", batch_id="http")
+        summary = run_batch_sync(agent, work, store=store, options=options)
         assert summary.by_status() == {"stopped": 6}
         assert len(stub.requests) == 12  # two calls a task, made by the workers
         assert all(r["headers"]["authorization"] == "Bearer sk-test" for r in stub.requests)
-        tape = store.get(store.list(task_id="3")[0].id)
+        tape = store.get(store.list(TapeFilter(task_id="3"))[0].id)
         assert tape.kinds() == ["user", "reasoning", "final_answer"]
         assert tape.steps[-1].answer.startswith("echo: ")  # type: ignore[attr-defined]

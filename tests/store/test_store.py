@@ -24,8 +24,8 @@ from tapeagents import (
     UserMessage,
     run_sync,
 )
-from tapeagents.llms import CachedLLM, LLMOutput, ScriptedLLM, tool_call
-from tapeagents.store import TapeStore
+from tapeagents.llms import CachedLLM, LLMCall, LLMOutput, Prompt, ScriptedLLM, tool_call
+from tapeagents.store import TapeFilter, TapeStore
 
 LONG = "A long observation that repeats. " * 20  # over the blob threshold
 
@@ -166,12 +166,32 @@ def test_list_filters_and_paginates(store: TapeStore) -> None:
     assert store.count() == 7
     assert [s.id for s in store.list(limit=3)] == ids[::-1][:3]  # newest first
     assert [s.id for s in store.list(limit=3, offset=6)] == [ids[0]]
-    assert store.count(agent="b") == 2 and store.count(status="stopped") == 3
-    assert store.count(tag="even") == 4 and store.count(tag="even", agent="b") == 1
-    assert [s.id for s in store.list(text="needle-4")] == [ids[4]]
-    assert store.count(text="repeats. A long") == 7  # found inside a blob
-    assert store.count(since=time.time() + 60) == 0
-    assert store.delete_where(tag="odd") == 3 and store.count() == 4
+    assert store.count(TapeFilter(agent="b")) == 2
+    assert store.count(TapeFilter(status="stopped")) == 3
+    assert store.count(TapeFilter(tag="even")) == 4
+    assert store.count(TapeFilter(tag="even", agent="b")) == 1
+    assert [s.id for s in store.list(TapeFilter(text="needle-4"))] == [ids[4]]
+    assert store.count(TapeFilter(text="repeats. A long")) == 7  # found inside a blob
+    assert store.count(TapeFilter(since=time.time() + 60)) == 0
+    assert store.delete_where(TapeFilter(tag="odd")) == 3 and store.count() == 4
+    assert store.count(TapeFilter(until=time.time() + 60, agent="a")) == 3
+    with pytest.raises(UsageError, match="Say which tapes to delete"):
+        store.delete_where(TapeFilter())
+
+
+def test_a_tape_filter_also_judges_a_stored_header(store: TapeStore) -> None:
+    tape = sample_tape(1)
+    tape.metadata.tags, tape.metadata.task_id = ["nightly"], "t1"
+    store.save(tape, agent="calc", status="stopped")
+    summary = store.summary(tape.id)
+    for matching in (TapeFilter(), TapeFilter(agent="calc", tag="nightly", task_id="t1")):
+        assert matching.matches(summary) and store.count(matching) == 1
+    for missing in (TapeFilter(agent="other"), TapeFilter(tag="weekly", status="stopped")):
+        assert not missing.matches(summary) and store.count(missing) == 0
+    assert TapeFilter().is_empty and not TapeFilter(tag="x").is_empty
+    assert repr(TapeFilter(agent="calc", tag="x")) == "TapeFilter(agent='calc', tag='x')"
+    with pytest.raises(UsageError, match="text filter"):
+        TapeFilter(text="x").matches(summary)
 
 
 def test_task_outcome_and_reward_are_stored_and_filterable(store: TapeStore) -> None:
@@ -181,8 +201,8 @@ def test_task_outcome_and_reward_are_stored_and_filterable(store: TapeStore) -> 
     store.save(lost, status="running")
     lost.metadata.task_id, lost.metadata.outcome, lost.metadata.reward = "t2", "failure", 0.0
     store.set_status(lost.id, "stopped", metadata=lost.metadata)
-    assert [s.id for s in store.list(outcome="success")] == [won.id]
-    assert [s.id for s in store.list(task_id="t2")] == [lost.id]
+    assert [s.id for s in store.list(TapeFilter(outcome="success"))] == [won.id]
+    assert [s.id for s in store.list(TapeFilter(task_id="t2"))] == [lost.id]
     summary = store.summary(lost.id)
     assert (summary.task_id, summary.outcome, summary.reward) == ("t2", "failure", 0.0)
     assert store.get(won.id).metadata.reward == 1.0
@@ -213,22 +233,38 @@ def test_annotations_are_kept_per_step_and_go_with_their_tape(store: TapeStore) 
 def test_a_store_from_the_first_schema_is_upgraded_in_place(tmp_path: Path) -> None:
     from alembic import command
 
+    from tapeagents.store.migrate import alembic_config
+
     url = f"sqlite:///{tmp_path / 'old.db'}"
     store = TapeStore(url, upgrade=False)
     with store.engine.begin() as connection:
-        config = store._alembic_config(connection)
-        command.upgrade(config, "0001")
+        command.upgrade(alembic_config(connection), "0001")
         connection.execute(
             sa.text(
                 "INSERT INTO tapes (id, prefix_length, status, created_at, updated_at, length) "
                 "VALUES ('old', 0, 'stopped', 1, 1, 0)"
             )
         )
+        connection.execute(
+            sa.text(
+                "INSERT INTO llm_calls (id, model, prompt, output, created_at) "
+                """VALUES ('call', 'm', '{"messages":[]}', '{"content":"hi"}', 1)"""
+            )
+        )
     store.close()
     store = TapeStore(url)
     assert store.summary("old").outcome is None
     store.annotate("old", label="kept from 0001")
+    (call,) = store.get_llm_calls(["call"])
+    assert call.output.content == "hi" and call.retries == 0
     store.close()
+
+
+def test_llm_calls_keep_their_retries(store: TapeStore) -> None:
+    prompt = Prompt(messages=[{"role": "user", "content": "q"}])
+    call = LLMCall(id="c1", model="m", prompt=prompt, output=LLMOutput(content="a"), retries=2)
+    store.save_llm_calls([call])
+    assert store.get_llm_calls(["c1"]) == [call]
 
 
 def test_export_import_round_trip(store: TapeStore, tmp_path: Path) -> None:
@@ -365,3 +401,18 @@ def test_a_locked_sqlite_database_makes_writers_wait_not_fail(tmp_path: Path) ->
     assert waited >= 0.4
     assert store.get(tape.id).kinds() == ["user", "reasoning"]
     store.close()
+
+
+def test_the_store_package_exports_its_public_names() -> None:
+    import tapeagents.store
+
+    assert set(tapeagents.store.__all__) == {
+        "DEFAULT_URL",
+        "Annotation",
+        "TapeFilter",
+        "TapeStore",
+        "TapeSummary",
+        "TapeTree",
+    }
+    for name in tapeagents.store.__all__:
+        assert getattr(tapeagents.store, name) is not None

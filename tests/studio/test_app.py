@@ -227,6 +227,14 @@ def test_diff_of_a_tape_and_its_edited_fork(client: TestClient, store, tapes) ->
     assert "Compare two tapes" in client.get("/diff").text
 
 
+def test_pages_load_the_step_view_stylesheet_from_render(client: TestClient, tapes) -> None:
+    page = client.get(f"/tapes/{tapes['calc'].id}").text
+    assert '<link rel="stylesheet" href="/static/view/steps.css">' in page
+    stylesheet = client.get("/static/view/steps.css")
+    assert stylesheet.status_code == 200 and ".ta .fam-user" in stylesheet.text
+    assert client.get("/static/studio.css").status_code == 200
+
+
 # ----------------------------------------------------------------------------- security
 
 

@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
+from tapeagents.render.html import tape_html
 from tapeagents.store import TapeStore
-from tapeagents.studio.render import tape_html
 from tests.studio.conftest import AGENTS
 from tests.studio.data import browsing_tape, calc_tape, hostile_tape
 from tests.studio.server import live_studio

@@ -4,7 +4,7 @@ PostgreSQL)."""
 from __future__ import annotations
 
 from tapeagents import Tape, TapeMetadata, ToolCall, UserMessage
-from tapeagents.store import TapeStore
+from tapeagents.store import TapeFilter, TapeStore
 from tests.store.conftest import store, store_url  # noqa: F401 - both databases
 
 
@@ -37,8 +37,8 @@ def test_text_search_finds_every_tape_with_a_matching_long_text(store: TapeStore
     nested = Tape(steps=[ToolCall(name="f", arguments={"page": {"text": filler + " haystack"}})])
     store.save(nested)
     store.save(Tape(steps=[UserMessage(content="a short needle")]))
-    assert store.count(text="needle") == 121
-    assert len(store.list(text="needle", limit=None)) == 121
-    assert [s.id for s in store.list(text="haystack")] == [nested.id]
-    assert store.count(text="needle number 7.") == 1
-    assert store.count(text="no such text") == 0
+    assert store.count(TapeFilter(text="needle")) == 121
+    assert len(store.list(TapeFilter(text="needle"), limit=None)) == 121
+    assert [s.id for s in store.list(TapeFilter(text="haystack"))] == [nested.id]
+    assert store.count(TapeFilter(text="needle number 7.")) == 1
+    assert store.count(TapeFilter(text="no such text")) == 0

@@ -21,7 +21,7 @@ if MISSING:
 
 def test_teacher_tapes_export_finetune_and_evaluate(tmp_path: Path, capsys) -> None:
     from examples.form_filler.case_study import main
-    from tapeagents.store import TapeStore
+    from tapeagents.store import TapeFilter, TapeStore
 
     result = main(["--tiny", "--out", str(tmp_path)])
     assert result.train_dialogues == result.teacher_train_correct == 4
@@ -35,7 +35,7 @@ def test_teacher_tapes_export_finetune_and_evaluate(tmp_path: Path, capsys) -> N
     out = capsys.readouterr().out
     assert "| fine-tuned student |" in out and "| teacher |" in out
     store = TapeStore(f"sqlite:///{tmp_path / 'tapes.db'}")
-    (tuned,) = store.list(tag="student_tuned")
+    (tuned,) = store.list(TapeFilter(tag="student_tuned"))
     calls = store.llm_calls_of(store.get(tuned.id))
     assert calls and all(c.parameters.get("adapter") == str(tmp_path / "adapter") for c in calls)
     assert store.get(tuned.id).metadata.outcome is not None

@@ -78,7 +78,7 @@ def test_a_question_is_answered_only_if_the_reply_says_what_was_asked() -> None:
 
 async def test_the_score_lands_in_metadata_the_store_and_eval_records(tmp_path) -> None:
     from tapeagents.export import eval_records
-    from tapeagents.store import TapeStore
+    from tapeagents.store import TapeFilter, TapeStore
 
     store = TapeStore(f"sqlite:///{tmp_path / 'tapes.db'}")
     dialogue = await run_dialogue(expert_agent(), GOAL, store=store)
@@ -87,7 +87,7 @@ async def test_the_score_lands_in_metadata_the_store_and_eval_records(tmp_path) 
     assert tape.metadata.extra["form_filler"]["turns"] == dialogue.score.turns
     stored = store.get(tape.id)
     assert stored.model_dump_json() == tape.model_dump_json()
-    assert [s.id for s in store.list(task_id=GOAL.id, outcome="success")] == [tape.id]
+    assert [s.id for s in store.list(TapeFilter(task_id=GOAL.id, outcome="success"))] == [tape.id]
     assert store.status(tape.id) == "stopped"
     (record,) = list(eval_records(store))
     assert (record.task_id, record.outcome, record.reward) == (GOAL.id, "success", 1.0)

@@ -1,10 +1,11 @@
-"""HTML views of tapes, shared by the studio and by `Tape._repr_html_` in notebooks.
+"""Tapes as HTML: the step view of the studio's pages and of notebooks (`tape_html`).
 
 This module needs only jinja2 (no web framework), so a notebook can render a tape without the
-`studio` extra. Every template is rendered with autoescaping on: tapes carry web pages and model
-output, and nothing in them may become markup. The only value from a tape that reaches an
-attribute unescaped-in-meaning is an image `src`, and only after `image_src` has checked that it
-is a base64 PNG, JPEG, GIF or WebP data URL.
+`studio` extra; the studio builds its pages on `environment()` and serves `STATIC`. Every
+template is rendered with autoescaping on: tapes carry web pages and model output, and nothing
+in them may become markup. The only value from a tape that reaches an attribute
+unescaped-in-meaning is an image `src`, and only after `image_src` has checked that it is a
+base64 PNG, JPEG, GIF or WebP data URL.
 """
 
 from __future__ import annotations
@@ -12,10 +13,8 @@ from __future__ import annotations
 import difflib
 import json
 import re
-import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -24,21 +23,22 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from markupsafe import Markup
 
 from tapeagents.llms.base import LLMCall
-from tapeagents.steps import (
-    Action,
-    Error,
-    Observation,
-    Step,
-    StopStep,
-    Thought,
-    ToolCall,
-    ToolResult,
-    UnknownStep,
-    UserMessage,
+from tapeagents.render import formats
+from tapeagents.render.classify import (
+    LINK_FIELDS,
+    Family,
+    step_family,
+    step_fields,
+    step_origin,
+    step_summary,
 )
+from tapeagents.steps import Step, ToolCall, ToolResult, UnknownStep
 from tapeagents.tape import Tape
 
 __all__ = [
+    "FOLD_CHARS",
+    "STATIC",
+    "TEMPLATES",
     "CallView",
     "DiffRow",
     "DiffView",
@@ -49,13 +49,15 @@ __all__ = [
     "diff_tapes",
     "environment",
     "image_src",
-    "step_family",
     "step_views",
     "tape_html",
     "tape_totals",
 ]
 
-HERE = Path(__file__).parent
+TEMPLATES = Path(__file__).parent / "templates"
+"""The step view's templates: `_macros.html` (a step card, an LLM call) and `notebook.html`."""
+STATIC = Path(__file__).parent / "static"
+"""The step view's stylesheet, `steps.css` (the studio serves it, notebooks inline it)."""
 FOLD_CHARS = 1500
 """Texts longer than this (or than `FOLD_LINES` lines) are folded behind a preview."""
 FOLD_LINES = 30
@@ -86,24 +88,6 @@ def _image_label(value: str) -> str:
     kind = value[len("data:image/") :].split(";", 1)[0].split(",", 1)[0][:20]
     size = len(value) * 3 // 4
     return f"[image/{kind}, {size // 1024} KB]" if size >= 1024 else f"[image/{kind}, {size} bytes]"
-
-
-def step_family(step: Step) -> str:
-    """The CSS family of a step: user, thought, action, observation, stop, error or unknown."""
-    if isinstance(step, UserMessage):
-        return "user"
-    if isinstance(step, UnknownStep):
-        return "unknown"
-    for family, name in (
-        (Error, "error"),
-        (StopStep, "stop"),
-        (Action, "action"),
-        (Observation, "observation"),
-        (Thought, "thought"),
-    ):
-        if isinstance(step, family):
-            return name
-    return "unknown"
 
 
 # ----------------------------------------------------------------------------- view models
@@ -160,7 +144,7 @@ class StepView:
 
     index: int
     step: Step
-    family: str
+    family: Family
     origin: str
     clock: str
     when: str
@@ -286,24 +270,13 @@ def _strip_images(value: Any, images: list[str], refused: list[str]) -> Any:
     return value
 
 
-_PLUMBING = ("action_id", "call_id")
-"""Fields that link steps together; shown as links and ids, not as content."""
-
-
-def _step_data(step: Step) -> dict[str, Any]:
-    """The step's own fields (no kind, no metadata), for unknown kinds too."""
-    if isinstance(step, UnknownStep) and step._raw:
-        return {k: v for k, v in step._raw.items() if k not in ("kind", "metadata")}
-    return step.model_dump(mode="json", exclude={"kind", "metadata"})
-
-
 def _fields(step: Step) -> list[FieldView]:
-    data = _step_data(step)
+    data = step_fields(step)
     if isinstance(step, ToolCall | ToolResult):
         data.pop("name", None)
     views = []
     for name, value in data.items():
-        if name in _PLUMBING and not isinstance(step, UnknownStep):
+        if name in LINK_FIELDS and not isinstance(step, UnknownStep):
             continue
         if value is None or value == "" or value == [] or value == {}:
             continue
@@ -320,24 +293,6 @@ def _fields(step: Step) -> list[FieldView]:
         view.images, view.refused_images = images, refused
         views.append(view)
     return views
-
-
-def _clock(ts: float) -> str:
-    return datetime.fromtimestamp(ts).strftime("%H:%M:%S")
-
-
-def _when(ts: float) -> str:
-    return datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
-
-
-def _delta(seconds: float) -> str:
-    if seconds < 0.0005:
-        return ""
-    if seconds < 1:
-        return f"+{seconds * 1000:.0f} ms"
-    if seconds < 120:
-        return f"+{seconds:.1f} s"
-    return f"+{seconds / 60:.1f} min"
 
 
 def step_views(
@@ -371,17 +326,16 @@ def step_views(
         if call_id:
             first = first_of_call.setdefault(call_id, index)
             first = first if first != index else None
-        origin = "/".join(filter(None, [meta.agent, meta.node]))
         answered = getattr(step, "action_id", None)
-        delta = _delta(meta.created_at - previous.metadata.created_at) if previous else ""
+        delta = formats.elapsed(meta.created_at - previous.metadata.created_at) if previous else ""
         views.append(
             StepView(
                 index=index,
                 step=step,
                 family=step_family(step),
-                origin=origin or ("" if isinstance(step, UserMessage) else "environment"),
-                clock=_clock(meta.created_at),
-                when=_when(meta.created_at),
+                origin=step_origin(step),
+                clock=formats.clock(meta.created_at),
+                when=formats.timestamp(meta.created_at),
                 delta=delta,
                 fields=_fields(step),
                 call_id=call_id,
@@ -442,17 +396,6 @@ def _content(step: Step) -> tuple[str, str]:
     return step.kind, json.dumps(step.llm_dict(), sort_keys=True, default=str)
 
 
-def _summary_text(step: Step) -> str:
-    data = step.llm_dict()
-    if isinstance(step, ToolCall):
-        return f"{step.name}({json.dumps(step.arguments, ensure_ascii=False)})"
-    if len(data) == 1:
-        (value,) = data.values()
-        if isinstance(value, str):
-            return value
-    return _pretty(data)
-
-
 def _word_diff(a: str, b: str) -> list[tuple[str, str]] | None:
     if len(a) > INLINE_DIFF_CHARS or len(b) > INLINE_DIFF_CHARS:
         return None
@@ -486,7 +429,7 @@ def diff_tapes(
         same = a is not None and b is not None and _content(a.step) == _content(b.step)
         segments = None
         if not same and a is not None and b is not None and a.step.kind == b.step.kind:
-            segments = _word_diff(_summary_text(a.step), _summary_text(b.step))
+            segments = _word_diff(step_summary(a.step, indent=2), step_summary(b.step, indent=2))
         if not same and first is None:
             first = index
         rows.append(DiffRow(index, a, b, same, segments))
@@ -497,60 +440,34 @@ def diff_tapes(
 # ----------------------------------------------------------------------------- templates
 
 
-def _money(value: float | None) -> str:
-    if value is None:
-        return ""
-    if value == 0:
-        return "$0"
-    if value < 0.01:
-        return f"${value:.4f}"
-    return f"${value:.2f}"
-
-
-def _local_time(ts: float | None) -> str:
-    if ts is None:
-        return ""
-    return datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M")
-
-
-def _ago(ts: float | None) -> str:
-    if ts is None:
-        return ""
-    seconds = max(0.0, time.time() - ts)
-    for size, unit in ((86400 * 365, "y"), (86400, "d"), (3600, "h"), (60, "min")):
-        if seconds >= size:
-            return f"{int(seconds // size)} {unit} ago"
-    return "just now"
-
-
-def _short(value: str | None) -> str:
-    return (value or "")[:8]
-
-
-def _number(value: int | float | None) -> str:
-    if value is None:
-        return ""
-    return f"{value:,}"
-
-
 @cache
-def environment() -> Environment:
-    """The jinja2 environment of the studio's templates (autoescaping always on)."""
+def environment(*directories: Path) -> Environment:
+    """A jinja2 environment over `directories`, then the step view's templates (`TEMPLATES`).
+
+    Autoescaping is always on; the filters write values as `render.formats` does. The studio
+    passes its own templates' directory, so its pages can import `_macros.html`.
+    """
     env = Environment(
-        loader=FileSystemLoader(HERE / "templates"),
+        loader=FileSystemLoader([*directories, TEMPLATES]),
         autoescape=True,
         undefined=StrictUndefined,
         trim_blocks=True,
         lstrip_blocks=True,
     )
-    env.filters.update(money=_money, local_time=_local_time, ago=_ago, short=_short, number=_number)
+    env.filters.update(
+        money=formats.money,
+        local_time=formats.local_time,
+        ago=formats.ago,
+        short=formats.short_id,
+        number=formats.number,
+    )
     env.globals.update(image_src=image_src)
     return env
 
 
 @cache
 def _steps_css() -> str:
-    return (HERE / "static" / "steps.css").read_text(encoding="utf-8")
+    return (STATIC / "steps.css").read_text(encoding="utf-8")
 
 
 def tape_html(tape: Tape[Any, Any], calls: Iterable[LLMCall] = ()) -> str:

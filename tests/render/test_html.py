@@ -1,4 +1,4 @@
-"""The step view without a server: image sources, folding, calls, diffs, the notebook HTML."""
+"""The HTML step view without a server: image sources, folding, calls, diffs, notebook HTML."""
 
 from __future__ import annotations
 
@@ -7,8 +7,7 @@ import subprocess
 import sys
 
 from tapeagents import FinalAnswer, Reasoning, Tape, UserMessage
-from tapeagents.store import TapeStore
-from tapeagents.studio.render import (
+from tapeagents.render.html import (
     FOLD_CHARS,
     TextView,
     diff_tapes,
@@ -16,6 +15,7 @@ from tapeagents.studio.render import (
     step_views,
     tape_html,
 )
+from tapeagents.store import TapeStore
 from tests.studio.data import HOSTILE, SVG_IMAGE, browsing_tape, hostile_tape, screenshot_url
 
 
@@ -91,12 +91,13 @@ def test_notebook_html_is_self_contained_and_escaped(tmp_path) -> None:
     store.close()
 
 
-def test_tape_renders_itself_in_notebooks(tmp_path) -> None:
+def test_tape_html_shows_every_step_and_its_images(tmp_path) -> None:
     store = TapeStore(f"sqlite:///{tmp_path / 'tapes.db'}")
     tape = browsing_tape(store)
-    html = tape._repr_html_()
+    html = tape_html(tape)
     assert 'class="ta ta-notebook"' in html
     assert html.count('class="step ') == len(tape)
+    assert 'class="step fam-user"' in html and 'class="step fam-stop"' in html
     assert f'src="{screenshot_url()}"' in html  # the screenshot is shown as an image
     assert "Find the cheapest direct flight" in html
     store.close()
@@ -105,7 +106,8 @@ def test_tape_renders_itself_in_notebooks(tmp_path) -> None:
 def test_the_notebook_view_needs_no_web_framework() -> None:
     code = (
         "import sys; from tapeagents import Tape, UserMessage; "
-        "Tape(steps=[UserMessage(content='hi')])._repr_html_(); "
+        "from tapeagents.render import tape_html; "
+        "tape_html(Tape(steps=[UserMessage(content='hi')])); "
         "print([m for m in ('fastapi', 'starlette', 'uvicorn') if m in sys.modules])"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
