@@ -19,7 +19,7 @@ from tapeagents.environments.browser import (
 from tapeagents import FinalAnswer, Tape
 from tapeagents.llms import LLMOutput, Prompt, ScriptedLLM, tool_call
 from tapeagents.replay import replay
-from tapeagents.store import TapeStore
+from tapeagents.store import TapeFilter, TapeStore
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -60,7 +60,8 @@ async def test_web_agent_clicks_the_button_and_replays(miniwob: MiniWoBEnvironme
 
         stored = store.get(tape.id)
         assert stored.metadata.reward == 1.0 and stored.metadata.task_id == "miniwob/click-button"
-        assert store.list(task_id="miniwob/click-button", outcome="success")[0].id == tape.id
+        found = store.list(TapeFilter(task_id="miniwob/click-button", outcome="success"))
+        assert found[0].id == tape.id
 
         # replay from the store: the recorded LLM calls, the recorded pages
         report = await replay(web_agent(ScriptedLLM([])), stored, store=store)

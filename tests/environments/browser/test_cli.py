@@ -7,7 +7,7 @@ from pathlib import Path
 from typer.testing import CliRunner
 
 from tapeagents.cli import app
-from tapeagents.store import TapeStore
+from tapeagents.store import TapeFilter, TapeStore
 
 runner = CliRunner(env={"TAPEAGENTS_DB": None, "COLUMNS": "200"})
 
@@ -21,7 +21,7 @@ def test_scripted_episodes_are_scored_and_stored(tmp_path: Path) -> None:
     assert "100%" in rows[0]
     assert "Overall: 100.0% success over 4 episodes" in result.output
     with TapeStore(url) as store:
-        tapes = store.list(task_id="miniwob/enter-text", outcome="success")
+        tapes = store.list(TapeFilter(task_id="miniwob/enter-text", outcome="success"))
         assert len(tapes) == 2 and {t.agent for t in tapes} == {"miniwob-expert"}
         assert store.get(tapes[0].id).metadata.reward == 1.0
 
@@ -34,7 +34,7 @@ def test_llm_agent_runs_and_its_failures_are_scored(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert "Overall: 0.0% success over 1 episodes" in result.output
     with TapeStore(url) as store:
-        (summary,) = store.list(task_id="miniwob/click-test")
+        (summary,) = store.list(TapeFilter(task_id="miniwob/click-test"))
         assert (summary.outcome, summary.status) == ("failure", "error")
         assert store.get(summary.id).kinds()[-1] == "parsing_failure"
 
