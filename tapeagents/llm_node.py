@@ -81,7 +81,7 @@ class LLMNode(Node):
         self.llm = llm
         self.mode = mode
         self.tools = list(tools)
-        self._tool_names = {tool.name for tool in self.tools}
+        self.tool_names = {tool.name for tool in self.tools}
         if text_step is None and AssistantMessage in steps:
             text_step = AssistantMessage
         if text_step is not None and _single_text_field(text_step) is None:
@@ -94,7 +94,7 @@ class LLMNode(Node):
         self._content_type: type[Step] | None = text_step or (
             None if "reasoning" in self.step_types else Reasoning
         )
-        clash = self._tool_names & set(self.step_types)
+        clash = self.tool_names & set(self.step_types)
         if clash:
             raise UsageError(f"Tools and step kinds share names {sorted(clash)}; rename the tools.")
         self._schema_cache: list[dict[str, Any]] | None = None
@@ -249,7 +249,7 @@ class LLMNode(Node):
             else:
                 raise _ParseError(
                     "The answer is plain text, but this node expects tool calls: "
-                    f"{', '.join(sorted(self._tool_names | set(self.step_types)))}. (Developers: "
+                    f"{', '.join(sorted(self.tool_names | set(self.step_types)))}. (Developers: "
                     "add AssistantMessage to the node's steps to accept text answers.)"
                 )
         for request in output.tool_calls:
@@ -302,13 +302,13 @@ class LLMNode(Node):
         return steps
 
     def _step_from_call(self, name: str, arguments: dict[str, Any], call_id: str | None) -> Step:
-        if name in self._tool_names:
+        if name in self.tool_names:
             if call_id:
                 return ToolCall(name=name, arguments=arguments, call_id=call_id)
             return ToolCall(name=name, arguments=arguments)
         cls = self.step_types.get(name)
         if cls is None:
-            known = sorted(self._tool_names | set(self.step_types))
+            known = sorted(self.tool_names | set(self.step_types))
             raise _ParseError(
                 f"Unknown tool or step {name!r}; expected one of: {', '.join(known)}."
             )

@@ -15,14 +15,13 @@ from tapeagents.cli.common import (
     DbOption,
     err,
     fail,
-    import_object,
-    load_agent,
     open_store,
     out,
 )
 from tapeagents.cli.run import AgentOption
 from tapeagents.environment import Environment
 from tapeagents.errors import StoreError, UsageError
+from tapeagents.loading import import_object, load_agent
 
 if TYPE_CHECKING:
     from tapeagents.batch import EnvFactory

@@ -11,8 +11,9 @@ import typer
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from tapeagents.cli.common import DbOption, err, load_agent, open_store, out
+from tapeagents.cli.common import DbOption, err, open_store, out
 from tapeagents.errors import UsageError
+from tapeagents.loading import load_agent
 
 if TYPE_CHECKING:
     from tapeagents.agent import Agent

@@ -12,12 +12,11 @@ import typer
 from tapeagents.cli.common import (
     DbOption,
     err,
-    load_agent,
-    load_environment,
     open_store,
     out,
 )
 from tapeagents.llms import LLMCall
+from tapeagents.loading import load_agent, load_environment
 from tapeagents.orchestrator import Finished, LLMCallMade, StepAppended, run
 from tapeagents.render import text as render
 from tapeagents.render.formats import short_id

@@ -6,8 +6,9 @@ from typing import Annotated
 
 import typer
 
-from tapeagents.cli.common import DbOption, err, load_agent, open_store, out
+from tapeagents.cli.common import DbOption, err, open_store, out
 from tapeagents.errors import UsageError
+from tapeagents.loading import load_agent
 
 __all__ = ["app", "parse_agents"]
 

@@ -250,8 +250,8 @@ def _answer(node: LLMNode, group: Sequence[Step]) -> tuple[LLMOutput, str | None
     empty = LLMOutput()
     for step in group:
         if isinstance(step, ToolCall):
-            if step.name not in node._tool_names:
-                tools = ", ".join(sorted(node._tool_names)) or "none"
+            if step.name not in node.tool_names:
+                tools = ", ".join(sorted(node.tool_names)) or "none"
                 return empty, f"node {node.name!r} has no tool {step.name!r} (its tools: {tools})"
         elif not _emits(node, step):
             kinds = sorted(node.step_types)

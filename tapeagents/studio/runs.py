@@ -52,7 +52,7 @@ class Runs:
     Args:
         store: Where the runs read and write their tapes.
         agents: Agent names (as shown in the studio) to `package.module:attribute` paths; each
-            is loaded with `tapeagents.cli.common.load_agent` when a run starts, so every run
+            is loaded with `tapeagents.loading.load_agent` when a run starts, so every run
             gets a fresh agent and environment.
     """
 
@@ -97,7 +97,7 @@ class Runs:
             UsageError: The name is unknown, the agent cannot be loaded, or a run of this
                 studio is already working on the tape.
         """
-        from tapeagents.cli.common import load_agent
+        from tapeagents.loading import load_agent
 
         if agent_name not in self.agents:
             known = ", ".join(sorted(self.agents)) or "none"
