@@ -7,28 +7,31 @@ an origin that is not allowed). If the browser dies, it is started again and the
 says so; the action is not retried.
 
 Safety: requests go out only to the allowed origins (by default none: pages the environment
-serves itself, such as MiniWoB++, add their own origin). Other requests are blocked and listed
-in the next observation. Downloads and service workers are off, and Chromium runs headless
-with its background networking disabled.
+serves itself, such as MiniWoB++, add their own origin). Two guards hold the lock: a route on
+each context aborts the requests the page makes (so a blocked navigation leaves the page where
+it was), and every context reaches the network only through its own `GuardProxy`, which checks
+each request Chromium sends, redirect hops and prefetches included. Blocked requests are listed
+in the next observation. Downloads and service workers are off, WebRTC sends nothing outside the
+proxy, and Chromium runs headless with its background networking disabled.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
-import os
 import re
-import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
 from tapeagents.environment import Environment
 from tapeagents.errors import UsageError
 from tapeagents.steps import Action, Observation
 from tapeagents.tape import Tape
 
+from .chromium import CHROMIUM_FLAGS, find_chromium
+from .lock import NO_NETWORK_SCHEMES, ContextLock, origin_of
+from .proxy import GuardProxy
 from .snapshot import RefMap, trim_snapshot
 from .steps import (
     BrowserAction,
@@ -49,67 +52,13 @@ if TYPE_CHECKING:
         BrowserContext,
         Page,
         Playwright,
-        Route,
-        WebSocketRoute,
     )
 
 __all__ = ["CHROMIUM_FLAGS", "BrowserEnvironment", "find_chromium", "origin_of"]
 
-CHROMIUM_FLAGS: tuple[str, ...] = (
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-dev-shm-usage",
-    "--disable-quic",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-default-apps",
-    "--disable-sync",
-    "--disable-extensions",
-    "--disable-breakpad",
-    "--disable-domain-reliability",
-    "--disable-client-side-phishing-detection",
-    "--disable-features=Translate,OptimizationHints,MediaRouter,InterestFeedContentSuggestions",
-    "--no-first-run",
-    "--no-default-browser-check",
-    "--metrics-recording-only",
-    "--no-pings",
-    "--dns-prefetch-disable",
-)
-"""Chromium flags: headless-friendly, and nothing phones home."""
-
-_NO_NETWORK_SCHEMES = ("about", "data", "blob", "javascript")
 _OUR_REF = re.compile(r"^(?:f\d+)?e\d+$")
-_MAX_BLOCKED = 20
 _COVERED = re.compile(r"- (<.*?>.*?) intercepts pointer events")
 _SCROLL = "(sign) => window.scrollBy(0, sign * window.innerHeight * 0.8)"
-
-
-def find_chromium(path: str | None = None) -> str:
-    """The Chromium executable: `path`, `$TAPEAGENTS_CHROMIUM`, or the system's chromium.
-
-    Raises:
-        UsageError: when none is found (the message says how to install one).
-    """
-    candidates = [path, os.environ.get("TAPEAGENTS_CHROMIUM"), "/usr/bin/chromium"]
-    candidates += [shutil.which(name) for name in ("chromium", "chromium-browser")]
-    for candidate in candidates:
-        if candidate and os.path.isfile(candidate) and os.access(candidate, os.X_OK):
-            return candidate
-    if path or os.environ.get("TAPEAGENTS_CHROMIUM"):
-        raise UsageError(f"Chromium not found at {path or os.environ['TAPEAGENTS_CHROMIUM']!r}.")
-    raise UsageError(
-        "Chromium was not found. Install the system's package (Debian/Ubuntu: "
-        "`apt-get install chromium`) or set TAPEAGENTS_CHROMIUM to the executable's path."
-    )
-
-
-def origin_of(url: str) -> str:
-    """`scheme://host:port` of a URL, with the default port spelled out (`http://a` -> `:80`)."""
-    parts = urlsplit(url)
-    scheme = parts.scheme.lower()
-    port = parts.port or {"http": 80, "https": 443, "ws": 80, "wss": 443}.get(scheme)
-    host = (parts.hostname or "").lower()
-    return f"{scheme}://{host}:{port}" if port else f"{scheme}://{host}"
 
 
 @dataclass
@@ -118,8 +67,8 @@ class _Session:
 
     context: BrowserContext
     page: Page
+    lock: ContextLock
     refs: RefMap = field(default_factory=RefMap)
-    blocked: list[str] = field(default_factory=list)
     notices: list[str] = field(default_factory=list)
     shown: bool = False
     """Whether the agent has seen this page's references (in an observation of this session)."""
@@ -186,6 +135,9 @@ class BrowserEnvironment(Environment):
         self._browser: Browser | None = None
         self._sessions: dict[str, _Session] = {}
         self._launch_lock = asyncio.Lock()
+        self._browser_proxy = GuardProxy(lambda url: False)
+        """The browser's own proxy (for anything outside our contexts): it forwards nothing."""
+        self._locks: set[ContextLock] = set()
 
     # --------------------------------------------------------------------- lifecycle
 
@@ -212,6 +164,7 @@ class BrowserEnvironment(Environment):
             if browser is not None:  # it died: forget it and everything in it
                 self._sessions.clear()
                 self._forget_idle()
+                await self._close_locks()
                 self.restarts += 1
                 self._browser = None
                 try:
@@ -227,10 +180,12 @@ class BrowserEnvironment(Environment):
                         "'tapeagents[browser]' (and a system Chromium; never `playwright install`)."
                     ) from None
                 self._playwright = await async_playwright().start()
+            await self._browser_proxy.start()
             self._browser = await self._playwright.chromium.launch(
                 executable_path=find_chromium(self.chromium),
                 headless=self.headless,
                 args=list(CHROMIUM_FLAGS),
+                proxy={"server": self._browser_proxy.url, "bypass": "<-loopback>"},
                 handle_sigint=False,
                 handle_sigterm=False,
                 handle_sighup=False,
@@ -253,6 +208,13 @@ class BrowserEnvironment(Environment):
         playwright, self._playwright = self._playwright, None
         if playwright is not None:
             await playwright.stop()
+        await self._close_locks()
+        await self._browser_proxy.aclose()
+
+    async def _close_locks(self) -> None:
+        locks, self._locks = self._locks, set()
+        for lock in locks:
+            await lock.aclose()
 
     async def close_session(self, tape: Tape[Any, Any] | str) -> None:
         """Close the browser context of a tape (the next action of that tape opens a new one)."""
@@ -266,57 +228,49 @@ class BrowserEnvironment(Environment):
             await session.context.close()
         except Exception:  # the browser may already be gone
             pass
+        self._locks.discard(session.lock)
+        await session.lock.aclose()
 
     # --------------------------------------------------------------------- sessions
 
     async def _new_session(self) -> _Session:
-        """A fresh context with the origin guard, downloads off and one blank page."""
+        """A fresh context behind its origin lock, with downloads off and one blank page."""
         from playwright.async_api import Error as PlaywrightError
 
         browser = await self._ensure_browser()
-        options: dict[str, Any] = {
-            "accept_downloads": False,
-            "service_workers": "block",
-            "viewport": {"width": self.viewport[0], "height": self.viewport[1]},
-        }
         try:
-            context = await browser.new_context(**options)
+            context, lock = await self._new_context(browser)
         except PlaywrightError:  # it died before Playwright noticed: start it again, once
             browser = await self._ensure_browser(dead=browser)
-            context = await browser.new_context(**options)
+            context, lock = await self._new_context(browser)
         context.set_default_timeout(self.action_timeout * 1000)
         context.set_default_navigation_timeout(self.navigation_timeout * 1000)
+        await lock.guard(context)
         page = await context.new_page()
-        session = _Session(context=context, page=page)
-
-        async def guard(route: Route) -> None:
-            url = route.request.url
-            if self.is_allowed(url):
-                await route.continue_()
-            else:
-                _note_blocked(session, f"{route.request.method} {url}")
-                # an aborted navigation leaves the page as it was (no browser error page)
-                request = route.request
-                await route.abort(
-                    "aborted" if request.is_navigation_request() else "blockedbyclient"
-                )
-
-        async def guard_socket(socket: WebSocketRoute) -> None:
-            if self.is_allowed(socket.url):
-                socket.connect_to_server()
-            else:
-                _note_blocked(session, f"WebSocket {socket.url}")
-                await socket.close(code=1008, reason="origin not allowed")
+        session = _Session(context=context, page=page, lock=lock)
 
         def new_tab(new_page: Page) -> None:
             if new_page is not session.page:
                 session.page = new_page
                 session.notices.append("A new tab opened; actions now go to it.")
 
-        await context.route("**/*", guard)
-        await context.route_web_socket(re.compile(".*"), guard_socket)
         context.on("page", new_tab)
         return session
+
+    async def _new_context(self, browser: Browser) -> tuple[BrowserContext, ContextLock]:
+        lock = await ContextLock(self.is_allowed).start()
+        try:
+            context = await browser.new_context(
+                accept_downloads=False,
+                service_workers="block",
+                viewport={"width": self.viewport[0], "height": self.viewport[1]},
+                proxy=lock.proxy_settings,
+            )
+        except BaseException:
+            await lock.aclose()
+            raise
+        self._locks.add(lock)
+        return context, lock
 
     async def _open_session(self, tape: Tape[Any, Any]) -> _Session:
         """The session a tape starts with: a new context showing the tape's start page."""
@@ -338,7 +292,7 @@ class BrowserEnvironment(Environment):
     def is_allowed(self, url: str) -> bool:
         """Whether the browser may request `url` (pages without network access always may)."""
         scheme = url.split(":", 1)[0].lower()
-        return scheme in _NO_NETWORK_SCHEMES or origin_of(url) in self.allowed_origins
+        return scheme in NO_NETWORK_SCHEMES or origin_of(url) in self.allowed_origins
 
     # --------------------------------------------------------------------- tapes
 
@@ -492,7 +446,7 @@ class BrowserEnvironment(Environment):
 
     async def _goto(self, session: _Session, url: str) -> str | None:
         if not self.is_allowed(url):
-            _note_blocked(session, f"GET {url}")
+            session.lock.note(f"GET {url}")
             allowed = ", ".join(sorted(self.allowed_origins)) or "none"
             return (
                 f"Navigation to {url} was blocked: its origin {origin_of(url)} is not allowed "
@@ -505,6 +459,13 @@ class BrowserEnvironment(Environment):
         except PlaywrightError as error:
             if not self._alive(session):
                 raise _BrowserGone(_first_line(error)) from None
+            blocked = session.lock.take_proxy_blocked()
+            if blocked:  # it redirected to an origin that is not allowed
+                allowed = ", ".join(sorted(self.allowed_origins)) or "none"
+                return (
+                    f"Navigation to {url} was blocked: it led to {blocked[-1].split(' ', 1)[-1]}, "
+                    f"whose origin is not allowed (allowed origins: {allowed})."
+                )
             return f"Could not open {url}: {_first_line(error)}"
         return None
 
@@ -540,7 +501,7 @@ class BrowserEnvironment(Environment):
         session.shown = True
         notices = [*session.notices, *([notice] if notice else [])]
         session.notices.clear()
-        blocked, session.blocked = session.blocked, []
+        blocked = session.lock.take()
         screenshot = None
         if self.screenshots:
             png = await page.screenshot(type="png")
@@ -606,11 +567,6 @@ def _start_url(tape: Tape[Any, Any]) -> str | None:
     context = tape.context
     url = context.get("url") if isinstance(context, dict) else getattr(context, "url", None)
     return url if isinstance(url, str) else None
-
-
-def _note_blocked(session: _Session, request: str) -> None:
-    if request not in session.blocked and len(session.blocked) < _MAX_BLOCKED:
-        session.blocked.append(request)
 
 
 def _looks_gone(error: Exception) -> bool:
