@@ -51,15 +51,17 @@ def three_steps() -> Agent:
 
 class SlowLLM(ScriptedLLM):
     """Answers after `delay` seconds (five times that for tasks whose message says "slow") and
-    counts how many requests are in flight at once."""
+    counts the requests started and how many are in flight at once."""
 
     def __init__(self, delay: float) -> None:
         super().__init__(answer)
         self.delay = delay
         self.in_flight = 0
         self.max_in_flight = 0
+        self.started = 0
 
     async def generate(self, prompt: Prompt) -> LLMOutput:
+        self.started += 1
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:
