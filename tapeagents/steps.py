@@ -83,7 +83,9 @@ _REGISTRY: dict[str, type[Step]] = {}
 class Step(BaseModel):
     """One entry on a tape. Subclass a family (`Thought`, `Action`, ...) and set `kind`."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
+    model_config = ConfigDict(
+        frozen=True, extra="forbid", use_attribute_docstrings=True, defer_build=True
+    )
 
     kind: str
     """Discriminator that names the step type in JSON."""

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Callable
-from importlib.metadata import EntryPoint, entry_points
 from typing import TYPE_CHECKING, Any
 
 from tapeagents.errors import UsageError
@@ -36,6 +35,8 @@ from tapeagents.llms.scripted import ScriptedLLM, tool_call
 from tapeagents.llms.testing import TestLLM
 
 if TYPE_CHECKING:
+    from importlib.metadata import EntryPoint
+
     from tapeagents.llms.litellm import LiteLLM
     from tapeagents.llms.local import LocalLLM
     from tapeagents.llms.openai_compat import OpenAICompatLLM
@@ -114,6 +115,8 @@ def _plugin_entry_points() -> dict[str, EntryPoint]:
     """The `tapeagents.llms` entry points by prefix, read on first use (not at import)."""
     global _plugins
     if _plugins is None:
+        from importlib.metadata import entry_points
+
         _plugins = {ep.name: ep for ep in entry_points(group="tapeagents.llms")}
     return _plugins
 
