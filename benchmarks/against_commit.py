@@ -42,9 +42,10 @@ def main() -> None:
     parser.add_argument("commit", help="the earlier commit (any git revision)")
     parser.add_argument("script", help="a benchmark in benchmarks/, e.g. step_overhead.py")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("args", nargs=argparse.REMAINDER, help="after --: the benchmark's options")
-    options = parser.parse_args()
-    args = options.args[1:] if options.args[:1] == ["--"] else options.args
+    argv = sys.argv[1:]
+    split = argv.index("--") if "--" in argv else len(argv)  # after --: the benchmark's options
+    options = parser.parse_args(argv[:split])
+    args = argv[split + 1 :]
     with tempfile.TemporaryDirectory(prefix="tapeagents-base-") as scratch:
         base = Path(scratch) / "tree"
         subprocess.run(
