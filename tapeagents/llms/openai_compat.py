@@ -1,14 +1,12 @@
 """`OpenAICompatLLM`: a lean client for OpenAI-compatible servers (vLLM, SGLang, llama.cpp, Ollama).
 
 It posts straight to `<base_url>/chat/completions` through httpx's transport layer, with
-connection pools sized for many concurrent sessions, and does little else: a call costs well
-under a millisecond of CPU, where litellm spends about ten. (Two measured choices: the
-`httpx.AsyncClient` layer alone costs about 0.45 ms per request, so requests go to
-`httpx.AsyncHTTPTransport` directly; and httpcore scans its whole pool quadratically on every
-request, about 10 ms of CPU per request with 64 connections in one pool, so connections are
-spread over several small pools.) Use it for
-throughput-bound work (evaluations, data generation, RL rollouts) against a server you run;
-`LiteLLM` stays the default for breadth (hosted providers, pricing).
+connection pools sized for many concurrent sessions, and does little else, so a call costs a
+fraction of litellm's CPU (figures in docs/benchmarks.md). Two choices come from measurement:
+requests go to `httpx.AsyncHTTPTransport` directly, skipping the `httpx.AsyncClient` layer; and
+connections are spread over several small pools, because httpcore scans its whole pool on every
+request. Use it for throughput-bound work (evaluations, data generation, RL rollouts) against a
+server you run; `LiteLLM` stays the default for breadth (hosted providers, pricing).
 
 Chat, tools, structured output, streaming (server-sent events), logprobs when the server
 returns them, and usage. Failures become `LLMError`s (`ContextWindowExceeded` when the prompt
