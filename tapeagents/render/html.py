@@ -3,7 +3,10 @@
 This module needs only jinja2 (no web framework), so a notebook can render a tape without the
 `studio` extra; the studio builds its pages on `environment()` and serves `STATIC`. Every
 template is rendered with autoescaping on: tapes carry web pages and model output, and nothing
-in them may become markup. The only value from a tape that reaches an attribute
+in them may become markup. Autoescaping covers HTML text and quoted attributes only, so every
+stored value that goes into a URL (a tape, LLM-call or annotation id in a link, a form action
+or a fragment's address) passes through the `urlpart` filter first, which percent-encodes it
+as one path segment or query value. The only value from a tape that reaches an attribute
 unescaped-in-meaning is an image `src`, and only after `image_src` has checked that it is a
 base64 PNG, JPEG, GIF or WebP data URL.
 """
@@ -18,6 +21,7 @@ from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from markupsafe import Markup
@@ -52,6 +56,7 @@ __all__ = [
     "step_views",
     "tape_html",
     "tape_totals",
+    "url_part",
 ]
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -78,6 +83,19 @@ def image_src(value: Any) -> str | None:
         if _IMAGE_SRC.fullmatch(value.strip()):
             return value.strip()
     return None
+
+
+def url_part(value: Any) -> str:
+    """`value` percent-encoded as one URL path segment or query value (`/`, `?`, `#`, `&` too).
+
+    A stored id can hold anything, and autoescaping does not stop `../x`, `?q` or `#f` from
+    changing where a link points. The dot segments `.` and `..` are encoded once more (`%252E`):
+    browsers read `%2E` as a dot and would resolve them to another page.
+    """
+    text = quote(str(value), safe="")
+    if text in (".", ".."):
+        return "%252E" * len(text)
+    return text
 
 
 def _is_image_like(value: Any) -> bool:
@@ -460,6 +478,7 @@ def environment(*directories: Path) -> Environment:
         ago=formats.ago,
         short=formats.short_id,
         number=formats.number,
+        urlpart=url_part,
     )
     env.globals.update(image_src=image_src)
     return env

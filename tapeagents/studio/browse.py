@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import urlencode
@@ -12,16 +13,19 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 from starlette.exceptions import HTTPException
 
 from tapeagents.errors import StoreError
-from tapeagents.render.html import call_view, diff_tapes, step_views, tape_totals
+from tapeagents.render.html import call_view, diff_tapes, step_views, tape_totals, url_part
 from tapeagents.store import TapeFilter, TapeStore, TapeSummary
-from tapeagents.studio.context import Studio, int_or
+from tapeagents.studio.context import Studio, check_id, int_or, shown
 from tapeagents.tape import Tape
 
-__all__ = ["PAGE_SIZES", "TREE_LIMIT", "router"]
+__all__ = ["CALL_FRAGMENT", "PAGE_SIZES", "TREE_LIMIT", "router"]
 
 PAGE_SIZES = (20, 50, 100, 200)
 TREE_LIMIT = 300
 """At most this many tapes of a family are drawn in the lineage tree."""
+
+CALL_FRAGMENT = "x-studio-fragment"
+"""The header that marks an LLM call's HTML fragment; the page's script inserts nothing else."""
 
 router = APIRouter()
 
@@ -90,7 +94,7 @@ def tape_page(request: Request, tape_id: str) -> Response:
     store = studio.store
     full = studio.resolve(tape_id)
     if full != tape_id:
-        return RedirectResponse(f"{studio.base(request)}/tapes/{full}", status_code=307)
+        return RedirectResponse(f"{studio.base(request)}/tapes/{url_part(full)}", status_code=307)
     summary = store.summary(full)
     tape = store.get(full)
     calls = store.llm_calls_of(tape)
@@ -122,7 +126,7 @@ def tape_json(request: Request, tape_id: str) -> JSONResponse:
     full = studio.resolve(tape_id)
     return JSONResponse(
         studio.store.get(full).model_dump(mode="json"),
-        headers={"content-disposition": f'attachment; filename="tape-{full[:8]}.json"'},
+        headers={"content-disposition": f'attachment; filename="tape-{_file_part(full)}.json"'},
     )
 
 
@@ -130,12 +134,13 @@ def tape_json(request: Request, tape_id: str) -> JSONResponse:
 def call_page(request: Request, call_id: str) -> HTMLResponse:
     """One LLM call: its exact prompt, tools and output (a fragment with `?fragment=1`)."""
     studio = Studio.of(request)
+    check_id(call_id, "LLM call")
     found = studio.store.get_llm_calls([call_id])
     if not found:
-        raise HTTPException(404, f"No LLM call {call_id!r} in the store.")
+        raise HTTPException(404, f"No LLM call {shown(call_id)} in the store.")
     view = call_view(found[0])
     if request.query_params.get("fragment"):
-        return HTMLResponse(str(studio.macros.call_body(view)))
+        return HTMLResponse(str(studio.macros.call_body(view)), headers={CALL_FRAGMENT: "call"})
     return studio.page(request, "call.html", cv=view)
 
 
@@ -173,6 +178,11 @@ def _day(text: str, name: str, problems: list[str], *, end_of_day: bool = False)
     if end_of_day and len(text) == 10:
         moment += timedelta(days=1)
     return moment.timestamp()
+
+
+def _file_part(tape_id: str) -> str:
+    """The start of the tape id as a file name: letters, digits, `-` and `_` only."""
+    return re.sub(r"[^A-Za-z0-9_-]", "_", tape_id[:8]) or "tape"
 
 
 def _maybe_summary(store: TapeStore, tape_id: str | None) -> TapeSummary | None:

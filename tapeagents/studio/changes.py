@@ -14,8 +14,9 @@ from fastapi.responses import HTMLResponse, Response
 from starlette.exceptions import HTTPException
 
 from tapeagents.errors import TapeAgentsError, UsageError
+from tapeagents.render.html import url_part
 from tapeagents.steps import Step
-from tapeagents.studio.context import Studio, int_or
+from tapeagents.studio.context import Studio, check_id, int_or
 from tapeagents.studio.editing import edit_context, editable_json, parse_edit
 from tapeagents.tape import Tape
 
@@ -34,7 +35,7 @@ async def fork(request: Request, tape_id: str) -> Response:
     child = await asyncio.to_thread(studio.store.fork, full, at, author="studio")
     return studio.redirect(
         request,
-        f"/tapes/{child.id}",
+        f"/tapes/{url_part(child.id)}",
         f"Forked tape {full[:8]} at step {at}: this is the new tape {child.id[:8]}, with "
         f"{at} step{'' if at == 1 else 's'}.",
     )
@@ -69,7 +70,7 @@ async def edit(request: Request, tape_id: str, index: int) -> Response:
     )
     return studio.redirect(
         request,
-        f"/tapes/{child.id}#step-{index}",
+        f"/tapes/{url_part(child.id)}#step-{index}",
         f"Saved the edit as a new tape {child.id[:8]}: steps 0 to {index} of "
         f"{full[:8]}, with step {index} edited. Resume it to continue from there.",
     )
@@ -90,8 +91,8 @@ async def resume(request: Request, tape_id: str) -> Response:
             max_steps=max_steps,
         )
     except TapeAgentsError as error:
-        return studio.redirect(request, f"/tapes/{full}", str(error), level="error")
-    return studio.redirect(request, f"/tapes/{full}#live")
+        return studio.redirect(request, f"/tapes/{url_part(full)}", str(error), level="error")
+    return studio.redirect(request, f"/tapes/{url_part(full)}#live")
 
 
 @router.post("/tapes/{tape_id}/annotations")
@@ -118,18 +119,21 @@ async def annotate(request: Request, tape_id: str) -> Response:
             author="studio",
         )
     except TapeAgentsError as error:
-        return studio.redirect(request, f"/tapes/{full}{anchor}", str(error), level="error")
-    return studio.redirect(request, f"/tapes/{full}{anchor}")
+        return studio.redirect(
+            request, f"/tapes/{url_part(full)}{anchor}", str(error), level="error"
+        )
+    return studio.redirect(request, f"/tapes/{url_part(full)}{anchor}")
 
 
 @router.post("/annotations/{annotation_id}/delete")
 async def delete_annotation(request: Request, annotation_id: str) -> Response:
     """Delete one annotation."""
     studio = Studio.of(request)
+    check_id(annotation_id, "annotation")
     form = await studio.read_form(request)
     full = await asyncio.to_thread(studio.resolve, form.get("tape", ""))
     await asyncio.to_thread(studio.store.delete_annotation, annotation_id)
-    return studio.redirect(request, f"/tapes/{full}", "Annotation deleted.")
+    return studio.redirect(request, f"/tapes/{url_part(full)}", "Annotation deleted.")
 
 
 def _step_at(tape: Tape[Any, Any], index: int) -> Step:

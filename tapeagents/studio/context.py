@@ -2,12 +2,20 @@
 
 `create_app` builds one `Studio` and keeps it on `app.state.studio`; each route module reads
 it back with `Studio.of(request)` and answers through `page` and `redirect`.
+
+Ids come from the URL, so each is checked where a route reads it (`check_id`): a store may
+hold any string as a tape or LLM-call id (imports, user code), so those only need to be
+printable and short; annotation ids are always the store's own 32 hex digits. A value of the
+wrong shape gets a 404 or 400 whose message shows it as an escaped, shortened `repr`. Ids
+that go back into a URL (redirects) pass through `url_part`, as the templates' do.
 """
 
 from __future__ import annotations
 
 import hmac
+import re
 import secrets
+import unicodedata
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,11 +32,21 @@ from tapeagents.render.html import environment
 from tapeagents.store import TapeStore
 from tapeagents.studio.runs import Runs
 
-__all__ = ["MAX_FORM_BYTES", "TEMPLATES", "Studio", "int_or"]
+__all__ = [
+    "MAX_FORM_BYTES",
+    "MAX_ID_CHARS",
+    "TEMPLATES",
+    "Studio",
+    "check_id",
+    "int_or",
+    "shown",
+]
 
 TEMPLATES = Path(__file__).parent / "templates"
 """The studio's pages (they import the step view's `_macros.html` from `render.html`)."""
 MAX_FORM_BYTES = 5_000_000
+MAX_ID_CHARS = 200
+"""The longest tape or LLM-call id the studio opens (the store's own ids have 32 characters)."""
 MAX_FLASHES = 200
 """Messages waiting for a redirected page; more are dropped, oldest first (a closed tab)."""
 
@@ -79,7 +97,10 @@ class Studio:
     def redirect(
         self, request: Request, url: str, message: str | None = None, level: str = "ok"
     ) -> RedirectResponse:
-        """A redirect after a POST to `url`, which then shows `message` once."""
+        """A redirect after a POST to `url`, which then shows `message` once.
+
+        `url` is a path whose ids are already encoded with `url_part`.
+        """
         target = self.base(request) + url
         if message:
             key = secrets.token_urlsafe(8)
@@ -109,6 +130,7 @@ class Studio:
 
     def resolve(self, tape_id: str) -> str:
         """The full id of the tape `tape_id` names (an id or a unique prefix), or a 404."""
+        check_id(tape_id, "tape")
         try:
             return self.store.resolve_id(tape_id)
         except StoreError as error:
@@ -122,6 +144,41 @@ class Studio:
             "tape_id": tape_id,
             "csrf": self.csrf,
         }
+
+
+_HEX_ID = re.compile(r"[0-9a-f]{32}")
+
+
+def shown(value: str, limit: int = 60) -> str:
+    """`value` for a message: its `repr` with non-ASCII escaped, cut after `limit` characters."""
+    cut = value if len(value) <= limit else value[:limit] + "…"
+    return ascii(cut)
+
+
+def check_id(value: str, what: str) -> str:
+    """`value` if it has the shape of a `what` id ("tape", "LLM call", "annotation"), else an
+    HTTP error whose message says what an id looks like.
+
+    Tape and LLM-call ids may be any text of 1 to `MAX_ID_CHARS` characters without control
+    characters (NUL, newlines) or lone surrogates, other than `.` and `..` (which a browser
+    cannot keep in a path); annotation ids are 32 hex digits (the store makes them).
+    """
+    if what == "annotation":
+        if not _HEX_ID.fullmatch(value):
+            raise HTTPException(
+                400,
+                f"{shown(value)} is not an annotation id (32 hex digits): use the delete "
+                "button of the annotation on its tape's page.",
+            )
+        return value
+    bad = not value or len(value) > MAX_ID_CHARS or value in (".", "..")
+    if bad or any(unicodedata.category(c) in ("Cc", "Cs") for c in value):
+        raise HTTPException(
+            404,
+            f"{shown(value)} is not a {what} id the studio can open (1 to {MAX_ID_CHARS} "
+            "printable characters); pick the tape from the list instead.",
+        )
+    return value
 
 
 def int_or(value: Any, default: Any) -> Any:

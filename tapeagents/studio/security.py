@@ -20,7 +20,7 @@ import hmac
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from http.cookies import SimpleCookie
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 
 __all__ = ["COOKIE", "LOOPBACK_HOSTS", "Guard", "is_loopback"]
 
@@ -171,7 +171,7 @@ class Guard:
             for k, v in parse_qsl(scope.get("query_string", b"").decode("latin-1"), True)
             if k != "token"
         ]
-        location = scope.get("root_path", "") + scope["path"]
+        location = _same_site_path(scope.get("root_path", "") + scope["path"])
         if query:
             location += "?" + urlencode(query)
         cookie = f"{COOKIE}={self.token}; Path=/; HttpOnly; SameSite=Strict"
@@ -188,6 +188,15 @@ class Guard:
             }
         )
         await send({"type": "http.response.body", "body": b""})
+
+
+def _same_site_path(path: str) -> str:
+    """`path` percent-encoded for a `Location` header, kept on this site.
+
+    A path that starts with `//` (or `/\\`) would name another host in a redirect.
+    """
+    encoded = quote(path, safe="/:@!$&'()*+,;=-._~")
+    return "/" + encoded.lstrip("/")
 
 
 def _same_origin(headers: dict[str, str], host: str) -> bool:

@@ -1,6 +1,7 @@
 // The studio's few behaviours: load an LLM call when its step is expanded, show new steps
 // while an agent runs (server-sent events), check JSON while a step is edited, and enable
-// "compare" once two tapes are picked. Every HTML fragment comes from the server, escaped there.
+// "compare" once two tapes are picked. Every HTML fragment comes from the server, escaped there,
+// and a fetched one is inserted only when the server marked it as an LLM call's fragment.
 (function () {
   "use strict";
 
@@ -15,6 +16,10 @@
         fetch(details.dataset.callSrc, { credentials: "same-origin" })
           .then(function (response) {
             if (!response.ok) throw new Error(response.status + " " + response.statusText);
+            // only the studio's own call fragment becomes markup, whatever the address reached
+            if (response.headers.get("x-studio-fragment") !== "call") {
+              throw new Error("the answer is not an LLM call");
+            }
             return response.text();
           })
           .then(function (html) {
