@@ -6,6 +6,7 @@ export selection and the studio, and one function (`conditions`) turns it into S
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, fields
 
 from sqlalchemy import ColumnElement, or_, select
@@ -16,7 +17,7 @@ from tapeagents.store.records import TapeSummary
 from tapeagents.store.rows import Statements
 from tapeagents.store.schema import steps, tape_tags, tapes
 
-__all__ = ["TapeFilter", "conditions"]
+__all__ = ["TapeFilter", "conditions", "like_containing"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -39,7 +40,8 @@ class TapeFilter:
     until: float | None = None
     """Created before this time (seconds since the epoch)."""
     text: str | None = None
-    """Text in any step (case-insensitive on SQLite, case-sensitive on PostgreSQL)."""
+    """Text in any string of any step, matched literally whatever characters it holds
+    (case-insensitive for ASCII letters on SQLite, case-sensitive on PostgreSQL)."""
     task_id: str | None = None
     """The task the tape worked on."""
     outcome: str | None = None
@@ -99,12 +101,29 @@ def conditions(tape_filter: TapeFilter, statements: Statements) -> list[ColumnEl
     if tape_filter.until is not None:
         found.append(tapes.c.created_at < tape_filter.until)
     if tape_filter.text:
-        pattern = f"%{tape_filter.text}%"
-        direct = select(steps.c.tape_id).where(steps.c.data.like(pattern))
+        text = tape_filter.text
+        # the search text as the store's JSON writes it inside a string (quotes and
+        # backslashes escaped), for a cheap first cut over the steps' JSON text
+        encoded = json.dumps(text, ensure_ascii=False)[1:-1]
+        if statements.escapes_nul:
+            text = text.replace("\0", "\ufffd")
+        pattern = like_containing(text)
+        in_steps = (
+            sql_text(statements.steps_with_text)
+            .bindparams(encoded=like_containing(encoded), pattern=pattern)
+            .columns(steps.c.tape_id)
+        )
         in_blobs = (
             sql_text(statements.steps_citing_blobs)
             .bindparams(pattern=pattern, reference='%"$blob"%')
             .columns(steps.c.tape_id)
         )
-        found.append(or_(tapes.c.id.in_(direct), tapes.c.id.in_(in_blobs)))
+        found.append(or_(tapes.c.id.in_(in_steps), tapes.c.id.in_(in_blobs)))
     return found
+
+
+def like_containing(text: str) -> str:
+    """A LIKE pattern (escape character `!`) matching any string that contains `text`
+    literally: its `%`, `_` and `!` match only themselves."""
+    escaped = text.replace("!", "!!").replace("%", "!%").replace("_", "!_")
+    return f"%{escaped}%"

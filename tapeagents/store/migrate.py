@@ -2,24 +2,35 @@
 
 Each change to `schema.py` comes with a new migration in `migrations/versions/`; a released
 migration is never edited.
+
+An upgrade is atomic and safe when several processes open a new store at once: it runs in one
+transaction that first takes the database's write lock (`BEGIN IMMEDIATE` on SQLite, whose DDL
+is transactional; an advisory lock on PostgreSQL), then reads the revision again, so the first
+process migrates and the others find the schema current. A process killed mid-upgrade leaves
+the database as it was, and the next open does the whole upgrade.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from sqlalchemy import func, inspect, select, table, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
 
 from tapeagents.errors import StoreError
 from tapeagents.store.engine import Database, reason
-from tapeagents.store.schema import SCHEMA_VERSION
+from tapeagents.store.schema import SCHEMA_VERSION, metadata
 
 if TYPE_CHECKING:
     from alembic.config import Config
 
 __all__ = ["alembic_config", "schema_revision", "upgrade"]
+
+_LOCK_KEY = 0x7461706573  # "tapes": the PostgreSQL advisory lock that serialises upgrades
 
 
 def alembic_config(connection: Connection) -> Config:
@@ -32,12 +43,48 @@ def alembic_config(connection: Connection) -> Config:
     return config
 
 
-def schema_revision(database: Database) -> str | None:
-    """The Alembic revision the database is at (None for an empty database)."""
+def _revision(connection: Connection) -> str | None:
     from alembic.runtime.migration import MigrationContext
 
+    return MigrationContext.configure(connection).get_current_revision()
+
+
+def schema_revision(database: Database) -> str | None:
+    """The Alembic revision the database is at (None for an empty database)."""
     with database.read() as connection:
-        return MigrationContext.configure(connection).get_current_revision()
+        return _revision(connection)
+
+
+@contextmanager
+def _locked(database: Database) -> Iterator[Connection]:
+    """One transaction holding the database's write lock, committed if the block succeeds."""
+    with database.engine.connect() as connection:
+        if connection.dialect.name == "sqlite":
+            # the driver would run each DDL statement in a transaction of its own
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+        else:
+            connection.execute(select(func.pg_advisory_xact_lock(_LOCK_KEY)))
+        try:
+            yield connection
+        except BaseException:
+            connection.rollback()
+            raise
+        connection.commit()
+
+
+def _drop_leftovers(connection: Connection) -> None:
+    """Drop the empty tables an older tapeagents left when it was killed while creating the
+    store (it ran each statement in a transaction of its own); refuse if any holds rows."""
+    present = set(inspect(connection).get_table_names()) & set(metadata.tables)
+    for name in present:
+        if connection.execute(select(func.count()).select_from(table(name))).scalar():
+            raise StoreError(
+                f"The table {name} holds rows but the database has no schema revision: it was "
+                "not made by tapeagents, or its alembic_version table was removed. Use another "
+                "database, or restore this one from a backup."
+            )
+    for name in present:
+        connection.execute(text(f'DROP TABLE "{name}"'))
 
 
 def upgrade(database: Database) -> None:
@@ -48,7 +95,12 @@ def upgrade(database: Database) -> None:
     from alembic import command
 
     try:
-        with database.engine.begin() as connection:
+        with _locked(database) as connection:
+            current = _revision(connection)  # another process may have upgraded meanwhile
+            if current == SCHEMA_VERSION:
+                return
+            if current is None:
+                _drop_leftovers(connection)
             command.upgrade(alembic_config(connection), "head")
     except SQLAlchemyError as error:
         raise StoreError(

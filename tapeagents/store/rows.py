@@ -212,17 +212,36 @@ class Statements:
             .where(tapes.c.id == bindparam("tape"), tapes.c.length == bindparam("start"))
             .values(length=bindparam("end"), updated_at=bindparam("now"))
         )
-        # Text search in long texts: the tapes with a step that references a blob matching
-        # :pattern. Each step's references are read once, so the cost grows with the steps,
+        self.escapes_nul = dialect == "postgresql"
+        """PostgreSQL text cannot hold NUL: searches look for U+FFFD in its place."""
+        # Text search (`TapeFilter.text`). Both statements take LIKE patterns with `!` as the
+        # escape character, as bound parameters. `steps_with_text`: the tapes with a step whose
+        # JSON text holds :encoded (the search text as JSON writes it, a cheap first cut) and
+        # one of whose string values (never a key, never a blob hash) matches :pattern.
+        # `steps_citing_blobs`: the tapes with a step that references a blob matching
+        # :pattern; each step's references are read once, so the cost grows with the steps,
         # not with steps times matching blobs.
         if dialect == "sqlite":
+            self.steps_with_text = (
+                "SELECT s.tape_id FROM steps AS s WHERE s.data LIKE :encoded ESCAPE '!' "
+                "AND EXISTS (SELECT 1 FROM json_tree(s.data) AS r WHERE r.type = 'text' "
+                "AND r.key IS NOT '$blob' AND r.value LIKE :pattern ESCAPE '!')"
+            )
             references = "json_tree(s.data) AS r", "r.key = '$blob' AND r.value"
         else:
-            references = (
-                """regexp_matches(s.data, '"\\$blob":"([0-9a-f]{32})"', 'g') AS r(ref)""",
-                "r.ref[1]",
+            # jsonb holds no NUL: an unescaped \u0000 becomes \ufffd before the cast, and a
+            # blob reference becomes null (its hash is no text of the tape).
+            without_nul = r"regexp_replace(s.data, '(?<!\\)((?:\\\\)*)\\u0000', '\1\\ufffd', 'g')"
+            ref = r"""'\{"\$blob":"([0-9a-f]{32})"\}'"""
+            without_refs = f"regexp_replace({without_nul}, {ref}, 'null', 'g')"
+            self.steps_with_text = (
+                "SELECT s.tape_id FROM steps AS s WHERE s.data LIKE :encoded ESCAPE '!' "
+                "AND EXISTS (SELECT 1 FROM jsonb_path_query(CAST("
+                f"{without_refs} AS jsonb), 'strict $.**') AS r(v) WHERE "
+                "jsonb_typeof(r.v) = 'string' AND r.v #>> '{}' LIKE :pattern ESCAPE '!')"
             )
+            references = f"regexp_matches(s.data, {ref}, 'g') AS r(ref)", "r.ref[1]"
         self.steps_citing_blobs = (
             f"SELECT s.tape_id FROM steps AS s, {references[0]} WHERE s.data LIKE :reference "
-            f"AND {references[1]} IN (SELECT hash FROM blobs WHERE text LIKE :pattern)"
+            f"AND {references[1]} IN (SELECT hash FROM blobs WHERE text LIKE :pattern ESCAPE '!')"
         )
