@@ -3,7 +3,8 @@
 Long strings (prompts, page contents, model outputs) are stored once in `blobs`, keyed by a
 content hash, and referenced from steps and LLM calls as `{"$blob": "<hash>"}`. A message that
 appears in a thousand prompts of one tape is therefore stored once, and a step's text and the
-model output it came from share one row.
+model output it came from share one row. Content keys that look like a reference are escaped
+on write (`blobs.py`), so stored structure is never confused with what a model wrote.
 """
 
 # No `from __future__ import annotations` here: type checkers would take the `annotations`
