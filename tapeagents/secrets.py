@@ -1,18 +1,28 @@
 """Credentials stay out of records, reprs and error messages: one scrubber for every backend.
 
-`is_secret_name` decides from a name alone (a keyword argument, an HTTP header) whether its value
-is a credential; backends keep such values out of the recorded `parameters`. `redact_url`,
-`redact_headers` and `scrub` hide credentials in what is shown: URLs with a `user:password@`
-part, secret headers, and error texts that may echo a key back.
+`is_secret_name` decides from a name alone (a keyword argument, an HTTP header, a URL query
+parameter) whether its value is a credential; backends keep such values out of the recorded
+`parameters`. `redact_url`, `redact_headers` and `scrub` hide credentials in what is shown: URLs
+with a `user:password@` part or a `?api_key=` parameter, secret headers, and error texts that
+may echo a key back. `url_secrets` lists the credentials a URL carries, so that a backend can
+scrub them from a server's answer even where they appear outside the URL.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote
 
-__all__ = ["REDACTED", "SECRET_MARKERS", "is_secret_name", "redact_headers", "redact_url", "scrub"]
+__all__ = [
+    "REDACTED",
+    "SECRET_MARKERS",
+    "is_secret_name",
+    "redact_headers",
+    "redact_url",
+    "scrub",
+    "url_secrets",
+]
 
 REDACTED = "***"
 """What a hidden credential is replaced with."""
@@ -32,6 +42,7 @@ SECRET_MARKERS = (
 
 _USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.-]*://)(?P<userinfo>[^\s/?#@]+)@")
 _BEARER = re.compile(r"(?P<word>\bBearer\s+)[^\s'\",;]+", re.IGNORECASE)
+_QUERY_PARAM = re.compile(r"(?P<lead>[?&;])(?P<name>[^=&;#\s?'\"]+)=(?P<value>[^&;#\s'\"]*)")
 
 
 def is_secret_name(name: str) -> bool:
@@ -50,21 +61,70 @@ def _hidden_userinfo(userinfo: str) -> str:
     return f"{user}:{REDACTED}" if colon else REDACTED
 
 
+def _hidden_query(text: str) -> str:
+    """`?api_key=...&x=1` with the values of its secret parameters replaced by `***`."""
+    return _QUERY_PARAM.sub(
+        lambda m: f"{m['lead']}{m['name']}={REDACTED}" if is_secret_name(m["name"]) else m[0],
+        text,
+    )
+
+
+def _split(url: str) -> tuple[str, str, str] | None:
+    """`(userinfo, host, the rest)` of a `scheme://` URL, leniently: a URL that no parser accepts
+    (a space, `/` or a second `@` in the password, a bad port) must still be shown without its
+    password. None when the text does not start with `scheme://`."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or not re.fullmatch(r"[A-Za-z][A-Za-z0-9+.-]*", scheme):
+        return None
+    end = min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=len(rest))
+    authority, tail = rest[:end], rest[end:]
+    if "@" not in authority:
+        # `user:p/w@host`, as SQLAlchemy reads it: a user without `:` or `/`, then the password
+        # up to the first `@`
+        head, at, after = rest.partition("@")
+        user, colon, password = head.partition(":")
+        if at and colon and "/" not in user and not any(c in password for c in "?#"):
+            end = min((i for i in (after.find(c) for c in "/?#") if i >= 0), default=len(after))
+            authority, tail = f"{head}@{after[:end]}", after[end:]
+    userinfo, at, host = authority.rpartition("@")
+    return (userinfo, host, tail) if at else ("", authority, tail)
+
+
 def redact_url(url: str) -> str:
-    """The URL with the credentials of its `user:password@` part replaced by `***`.
+    """The URL with the credentials of its `user:password@` part and the values of its secret
+    query parameters (`?api_key=`, `?token=`) replaced by `***`. Unparsable URLs too.
 
     Example:
-        >>> redact_url("https://me:hunter2@llm.example.com/v1")
-        'https://me:***@llm.example.com/v1'
+        >>> redact_url("https://me:hunter2@llm.example.com/v1?api_key=sk-1&x=2")
+        'https://me:***@llm.example.com/v1?api_key=***&x=2'
     """
-    if "@" not in url:
+    parts = _split(url)
+    if parts is None:
         return url
-    parts = urlsplit(url)
-    userinfo, at, host = parts.netloc.rpartition("@")
-    if not at:
-        return url
-    netloc = f"{_hidden_userinfo(userinfo)}@{host}"
-    return urlunsplit(parts._replace(netloc=netloc))
+    userinfo, host, tail = parts
+    scheme = url.partition("://")[0]
+    authority = f"{_hidden_userinfo(userinfo)}@{host}" if userinfo else host
+    return f"{scheme}://{authority}{_hidden_query(tail)}"
+
+
+def url_secrets(url: str | None) -> list[str]:
+    """The credentials a URL carries: its password (or lone user token) and the values of its
+    secret query parameters, as given and percent-decoded."""
+    if not url:
+        return []
+    parts = _split(url)
+    if parts is None:
+        return []
+    userinfo, _, tail = parts
+    found: list[str] = []
+    if userinfo:
+        user, colon, password = userinfo.partition(":")
+        found += [password, password.partition("@")[0]] if colon else [user]
+    found += [
+        m["value"] for m in _QUERY_PARAM.finditer(tail) if is_secret_name(m["name"]) and m["value"]
+    ]
+    shown = {v for value in found for v in (value, unquote(value)) if len(v) > 1}
+    return sorted(shown, key=len, reverse=True)
 
 
 def redact_headers(headers: Mapping[str, str]) -> dict[str, str]:
@@ -84,4 +144,6 @@ def scrub(text: str, *, secrets: Iterable[str | None] = ()) -> str:
         text = text.replace(secret, REDACTED)
     if "@" in text:
         text = _USERINFO.sub(lambda m: f"{m['scheme']}{_hidden_userinfo(m['userinfo'])}@", text)
+    if "=" in text:
+        text = _hidden_query(text)
     return _BEARER.sub(lambda m: f"{m['word']}{REDACTED}", text)

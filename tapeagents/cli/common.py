@@ -101,15 +101,11 @@ def open_store(
 def _sqlite_path(url: str) -> Any:
     from pathlib import Path
 
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
+    from tapeagents.store.engine import parse_store_url
 
     if "://" not in url:
         return Path(url).expanduser()
-    try:
-        parsed = make_url(url)
-    except ArgumentError as error:
-        raise UsageError(f"{url!r} is not a database URL ({error}).") from None
+    parsed = parse_store_url(url)  # a UsageError that hides the password if unparsable
     if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
         return None
     return Path(parsed.database).expanduser()

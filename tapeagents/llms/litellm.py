@@ -32,7 +32,7 @@ from tapeagents.llms.base import (
     Usage,
 )
 from tapeagents.llms.limits import RateLimit, RequestGate, RetryPolicy
-from tapeagents.secrets import is_secret_name, scrub
+from tapeagents.secrets import is_secret_name, redact_url, scrub, url_secrets
 
 __all__ = ["LiteLLM"]
 
@@ -329,8 +329,10 @@ class LiteLLM(LLM):
         )
 
     def _scrub(self, text: str) -> str:
-        """The text with this backend's credentials (and any URL password) hidden."""
-        values = [self._api_key.value]
+        """The text with this backend's credentials hidden: the API key, secret extra arguments
+        (a header dict's values), the password and secret query values of `api_base`, and any
+        URL password."""
+        values: list[Any] = [self._api_key.value, *url_secrets(self.api_base)]
         values += [v.value for v in self._hidden.values() if isinstance(v, _Secret)]
         secrets = [  # a header dict (extra_headers=) holds its secrets in its values
             item
@@ -339,6 +341,11 @@ class LiteLLM(LLM):
             if isinstance(item, str)
         ]
         return scrub(text, secrets=secrets)
+
+    def __repr__(self) -> str:
+        if self.api_base is None:
+            return f"LiteLLM({self.model!r})"
+        return f"LiteLLM({self.model!r}, api_base={redact_url(self.api_base)!r})"
 
     def _output(self, litellm: ModuleType, response: Any) -> LLMOutput:
         """Convert a litellm `ModelResponse` into an `LLMOutput`."""

@@ -37,7 +37,7 @@ from tapeagents.llms.base import (
     Usage,
 )
 from tapeagents.llms.limits import RateLimit, RequestGate, RetryPolicy
-from tapeagents.secrets import is_secret_name, redact_url, scrub
+from tapeagents.secrets import is_secret_name, redact_url, scrub, url_secrets
 
 __all__ = ["OpenAICompatLLM"]
 
@@ -296,7 +296,8 @@ class OpenAICompatLLM(LLM):
         except (ValueError, KeyError, IndexError, TypeError) as error:
             raise LLMError(
                 f"{self._shown_url} answered with something that is not a chat completion "
-                f"({type(error).__name__}: {error}): {response.text[:300]!r}. Check that "
+                f"({type(error).__name__}: {error}): "
+                f"{scrub(response.text[:300], secrets=self._secret_values())!r}. Check that "
                 "base_url points at an OpenAI-compatible API root (ending in /v1)."
             ) from None
         calls = [
@@ -413,9 +414,8 @@ class OpenAICompatLLM(LLM):
         except ValueError:
             chunk = None
         if not isinstance(chunk, dict):
-            raise LLMError(
-                f"{self._shown_url} sent an event that is not a JSON object: {data[:300]!r}."
-            )
+            shown = scrub(data[:300].decode(errors="replace"), secrets=self._secret_values())
+            raise LLMError(f"{self._shown_url} sent an event that is not a JSON object: {shown!r}.")
         return chunk
 
     def _output(
@@ -486,9 +486,10 @@ class OpenAICompatLLM(LLM):
 
     def _secret_values(self) -> list[str]:
         """What error messages must not show: the secret headers' values and their tokens (the
-        API key of `Bearer <key>`). Worked out on failure, so no copy of them sits in the object."""
+        API key of `Bearer <key>`), the password and secret query values of `base_url`. Worked
+        out on failure, so no copy of them sits in the object."""
         values = [value for name, value in self._headers.items() if is_secret_name(name)]
-        return values + [value.partition(" ")[2] for value in values]
+        return values + [value.partition(" ")[2] for value in values] + url_secrets(self.base_url)
 
     def __repr__(self) -> str:
         return f"OpenAICompatLLM({self.model!r}, base_url={redact_url(self.base_url)!r})"

@@ -13,14 +13,15 @@ from types import TracebackType
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
-from sqlalchemy.engine import Connection, make_url
-from sqlalchemy.exc import DBAPIError, NoSuchModuleError, SQLAlchemyError
+from sqlalchemy.engine import URL, Connection, make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, SQLAlchemyError
 from sqlalchemy.pool import StaticPool
 
 from tapeagents.errors import StoreError, UsageError
+from tapeagents.secrets import redact_url, scrub, url_secrets
 from tapeagents.store.rows import Statements
 
-__all__ = ["Database", "Transaction", "create_store_engine", "reason"]
+__all__ = ["Database", "Transaction", "create_store_engine", "parse_store_url", "reason"]
 
 
 class Database:
@@ -34,8 +35,9 @@ class Database:
 
     def __init__(self, url: str) -> None:
         self.engine = create_store_engine(url)
-        self.display_url = self.engine.url.render_as_string(hide_password=True)
-        """The URL with its password hidden, for messages."""
+        self.display_url = redact_url(self.engine.url.render_as_string(hide_password=True))
+        """The URL with its password (and secret query parameters such as `?password=`) hidden,
+        for messages."""
         self.statements = Statements(self.engine.dialect.name)
         self.writes_inline = self.engine.dialect.name == "sqlite"
         """SQLite writes take well under a millisecond: callers in an event loop may make them
@@ -48,9 +50,18 @@ class Database:
                 pass
         except SQLAlchemyError as error:
             raise StoreError(
-                f"Cannot open the tape store at {self.display_url}: {reason(error)}. "
+                f"Cannot open the tape store at {self.display_url}: {self.reason(error)}. "
                 "Check that the database server is running and the URL is right."
             ) from None
+
+    def reason(self, error: SQLAlchemyError) -> str:
+        """What the database said (`reason`), without this store's credentials in it: a driver
+        may repeat the connection string or a password in its message."""
+        url = self.engine.url
+        shown = url.render_as_string(hide_password=False)
+        secrets = [url.password if isinstance(url.password, str) else None, *url_secrets(shown)]
+        secrets = [s for s in secrets if s and s != url.username]
+        return scrub(reason(error), secrets=secrets)
 
     def read(self) -> Transaction:
         """A connection for reading."""
@@ -79,7 +90,8 @@ class Transaction:
 
     def _error(self, error: SQLAlchemyError) -> StoreError:
         return StoreError(
-            f"Cannot {self.verb} the tape store at {self.database.display_url}: {reason(error)}"
+            f"Cannot {self.verb} the tape store at {self.database.display_url}: "
+            f"{self.database.reason(error)}"
         )
 
     def __enter__(self) -> Connection:
@@ -112,9 +124,23 @@ def reason(error: SQLAlchemyError) -> str:
     return str(error).splitlines()[0]
 
 
+def parse_store_url(url: str) -> URL:
+    """The parsed URL, or a `UsageError` that shows it without its password (SQLAlchemy's own
+    errors and a bad port's `ValueError` would print or keep it)."""
+    try:
+        return make_url(url)
+    except (ArgumentError, ValueError) as error:
+        detail = scrub(str(error), secrets=url_secrets(url))
+        raise UsageError(
+            f"{redact_url(url)!r} is not a database URL ({detail}). Use sqlite:///path.db or "
+            "postgresql+psycopg://user:password@host:port/database, with special characters "
+            "of the password percent-encoded (@ as %40, space as %20)."
+        ) from None
+
+
 def create_store_engine(url: str) -> Engine:
     """An engine for the store: SQLite in WAL mode, or PostgreSQL with a pinged pool."""
-    parsed = make_url(url)
+    parsed = parse_store_url(url)
     if parsed.get_backend_name() == "sqlite":
         database = parsed.database
         options: dict[str, Any] = {}

@@ -22,7 +22,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
 
 from tapeagents.errors import StoreError
-from tapeagents.store.engine import Database, reason
+from tapeagents.store.engine import Database
 from tapeagents.store.schema import SCHEMA_VERSION, metadata
 
 if TYPE_CHECKING:
@@ -105,5 +105,5 @@ def upgrade(database: Database) -> None:
     except SQLAlchemyError as error:
         raise StoreError(
             f"Could not migrate the tape store at {database.display_url} from revision "
-            f"{current} to {SCHEMA_VERSION}: {reason(error)}"
+            f"{current} to {SCHEMA_VERSION}: {database.reason(error)}"
         ) from None
