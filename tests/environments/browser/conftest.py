@@ -45,5 +45,5 @@ def pages(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MiniWoBServer]:
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def miniwob() -> AsyncIterator[MiniWoBEnvironment]:
     """A MiniWoB++ environment (its own server and Chromium) shared by a module's tests."""
-    async with MiniWoBEnvironment(action_timeout=0.5) as env:
+    async with MiniWoBEnvironment(action_timeout=2.0) as env:
         yield env

@@ -34,7 +34,7 @@ pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def env(pages: MiniWoBServer) -> AsyncIterator[BrowserEnvironment]:
-    async with BrowserEnvironment(allowed_origins=[pages.origin], action_timeout=0.5) as env:
+    async with BrowserEnvironment(allowed_origins=[pages.origin], action_timeout=2.0) as env:
         yield env
 
 
@@ -101,7 +101,7 @@ async def test_an_action_on_a_missing_element_is_an_error_observation(
     assert unknown.error is not None and unknown.error.startswith("No element e999")
     assert unknown.title == "Form"  # the page is still there, and shown
     absent = await act(env, tape, Click(ref="css=#no-such-button"))
-    assert absent.error is not None and "Timed out after 0.5 s" in absent.error
+    assert absent.error is not None and "Timed out after 2 s" in absent.error
     # an element that was shown but has gone since
     first = tape.steps[0]
     assert isinstance(first, PageObservation)
