@@ -24,6 +24,7 @@ class TemplateSet:
         self.templates = dict(templates or {})
         self._env: jinja2.Environment | None = None
         self._compile: Callable[[str], jinja2.Template] | None = None
+        self._reads: dict[tuple[str, str], bool] = {}
 
     def _environment(self) -> jinja2.Environment:
         if self._env is None:
@@ -61,14 +62,13 @@ class TemplateSet:
         """
         if "{" not in source:
             return False
-        return _reads(self._environment(), source, name)
+        found = self._reads.get((source, name))
+        if found is None:
+            import jinja2.meta
 
-
-@lru_cache(maxsize=256)
-def _reads(env: jinja2.Environment, source: str, name: str) -> bool:
-    import jinja2.meta
-
-    syntax = env.parse(source)
-    if any(True for _ in jinja2.meta.find_referenced_templates(syntax)):
-        return True
-    return name in jinja2.meta.find_undeclared_variables(syntax)
+            syntax = self._environment().parse(source)
+            found = any(True for _ in jinja2.meta.find_referenced_templates(syntax)) or (
+                name in jinja2.meta.find_undeclared_variables(syntax)
+            )
+            self._reads[(source, name)] = found
+        return found

@@ -21,7 +21,7 @@ from tapeagents.errors import StoreError, UsageError
 from tapeagents.secrets import redact_url, scrub, url_secrets
 from tapeagents.store.rows import Statements
 
-__all__ = ["Database", "Transaction", "create_store_engine", "parse_store_url", "reason"]
+__all__ = ["Database", "Transaction", "create_store_engine", "parse_store_url"]
 
 
 class Database:
@@ -61,7 +61,7 @@ class Database:
         shown = url.render_as_string(hide_password=False)
         secrets = [url.password if isinstance(url.password, str) else None, *url_secrets(shown)]
         secrets = [s for s in secrets if s and s != url.username]
-        return scrub(reason(error), secrets=secrets)
+        return scrub(_first_line(error), secrets=secrets)
 
     def read(self) -> Transaction:
         """A connection for reading."""
@@ -117,8 +117,9 @@ class Transaction:
             raise self._error(error) from None
 
 
-def reason(error: SQLAlchemyError) -> str:
-    """The first line of what the database said, with the driver's error class."""
+def _first_line(error: SQLAlchemyError) -> str:
+    """The first line of what the database said, with the driver's error class (unscrubbed:
+    messages go through `Database.reason`)."""
     if isinstance(error, DBAPIError) and error.orig is not None:
         return f"{type(error.orig).__name__}: {str(error.orig).strip().splitlines()[0]}"
     return str(error).splitlines()[0]
