@@ -63,6 +63,10 @@ class LLMNode(Node):
         llm: Name of the agent's LLM to use.
         mode: "tools" or "json", as above.
         text_step: Step type that plain text becomes (default: `AssistantMessage` when allowed).
+        tool_choice: In tools mode, OpenAI's `tool_choice` sent with the prompt: "auto" (the
+            default), "required" (the answer must call a tool or emit a step type; local models
+            are then decoded under a grammar of the offered tools, so the call always parses),
+            "none", or one tool's name.
     """
 
     def __init__(
@@ -75,6 +79,7 @@ class LLMNode(Node):
         llm: str = "default",
         mode: Literal["tools", "json"] = "tools",
         text_step: type[Step] | None = None,
+        tool_choice: Literal["auto", "required", "none"] | str = "auto",
     ) -> None:
         super().__init__(name)
         self.system_prompt = system_prompt
@@ -82,6 +87,7 @@ class LLMNode(Node):
         self.mode = mode
         self.tools = list(tools)
         self.tool_names = {tool.name for tool in self.tools}
+        self.tool_choice = tool_choice
         if text_step is None and AssistantMessage in steps:
             text_step = AssistantMessage
         if text_step is not None and _single_text_field(text_step) is None:
@@ -97,6 +103,12 @@ class LLMNode(Node):
         clash = self.tool_names & set(self.step_types)
         if clash:
             raise UsageError(f"Tools and step kinds share names {sorted(clash)}; rename the tools.")
+        choices = {"auto", "required", "none", *self.tool_names, *self.step_types}
+        if tool_choice not in choices:
+            raise UsageError(
+                f"tool_choice {tool_choice!r} is not one of {sorted(choices)}: use 'auto', "
+                "'required', 'none' or the name of one of the node's tools or step kinds."
+            )
         self._schema_cache: list[dict[str, Any]] | None = None
 
     # --------------------------------------------------------------------- prompt
@@ -147,7 +159,17 @@ class LLMNode(Node):
     def make_prompt(self, agent: Agent, tape: Tape[Any, Any]) -> Prompt:
         """The exact request this node sends for `tape`."""
         messages = self.system_messages(agent, tape) + self.tape_messages(tape)
-        return Prompt(messages=messages, tools=self.prompt_tools())
+        tools = self.prompt_tools()
+        return Prompt(messages=messages, tools=tools, tool_choice=self._tool_choice(tools))
+
+    def _tool_choice(self, tools: list[dict[str, Any]] | None) -> str | dict[str, Any] | None:
+        """The prompt's `tool_choice`: None for "auto" (every API's default, and it keeps the
+        request, hence its id, as it was before the option existed)."""
+        if tools is None or self.tool_choice == "auto":
+            return None
+        if self.tool_choice in ("required", "none"):
+            return self.tool_choice
+        return {"type": "function", "function": {"name": self.tool_choice}}
 
     def system_messages(self, agent: Agent, tape: Tape[Any, Any]) -> list[dict[str, Any]]:
         system = agent.templates.render(

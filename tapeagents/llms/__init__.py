@@ -26,6 +26,7 @@ from tapeagents.llms.base import (
     TextDelta,
     TokenLogprob,
     ToolCallRequest,
+    TopLogprob,
     Usage,
 )
 from tapeagents.llms.cache import CachedLLM
@@ -57,6 +58,7 @@ __all__ = [
     "TextDelta",
     "TokenLogprob",
     "ToolCallRequest",
+    "TopLogprob",
     "Usage",
     "resolve_llm",
     "tool_call",

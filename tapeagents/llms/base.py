@@ -27,6 +27,7 @@ __all__ = [
     "TextDelta",
     "TokenLogprob",
     "ToolCallRequest",
+    "TopLogprob",
     "Usage",
     "request_hash",
 ]
@@ -41,6 +42,9 @@ class Prompt(BaseModel):
     """OpenAI-style tool specifications, or None when the model may only answer in text."""
     response_format: dict[str, Any] | None = None
     """A JSON schema the answer must follow, for backends that support structured output."""
+    tool_choice: str | dict[str, Any] | None = None
+    """OpenAI's `tool_choice`: "auto" (None means the same), "required" (answer with a tool
+    call), "none", or `{"type": "function", "function": {"name": ...}}` for one tool."""
 
 
 class ToolCallRequest(BaseModel):
@@ -51,12 +55,22 @@ class ToolCallRequest(BaseModel):
     arguments: str
 
 
+class TopLogprob(BaseModel):
+    """One of the most likely tokens at a position, with its log-probability."""
+
+    token: str
+    logprob: float
+    token_id: int | None = None
+
+
 class TokenLogprob(BaseModel):
     """Log-probability of one generated (or scored) token."""
 
     token: str
     logprob: float
     token_id: int | None = None
+    top_logprobs: list[TopLogprob] | None = None
+    """The most likely tokens at this position, most likely first, when asked for."""
 
 
 class Usage(BaseModel):

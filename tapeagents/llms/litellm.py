@@ -29,6 +29,7 @@ from tapeagents.llms.base import (
     TextDelta,
     TokenLogprob,
     ToolCallRequest,
+    TopLogprob,
     Usage,
 )
 from tapeagents.llms.limits import RateLimit, RequestGate, RetryPolicy
@@ -110,7 +111,16 @@ def _response_format(value: dict[str, Any]) -> dict[str, Any]:
 
 def _logprobs(raw: Any) -> list[TokenLogprob]:
     return [
-        TokenLogprob(token=_get(item, "token", ""), logprob=float(_get(item, "logprob", 0.0)))
+        TokenLogprob(
+            token=_get(item, "token", ""),
+            logprob=float(_get(item, "logprob", 0.0)),
+            top_logprobs=[
+                TopLogprob(token=_get(top, "token", ""), logprob=float(_get(top, "logprob", 0.0)))
+                for top in _get(item, "top_logprobs")
+            ]
+            if _get(item, "top_logprobs")
+            else None,
+        )
         for item in (_get(raw, "content") or [])
     ]
 
@@ -201,6 +211,8 @@ class LiteLLM(LLM):
         }
         if prompt.tools is not None:
             kwargs["tools"] = prompt.tools
+        if prompt.tool_choice is not None:
+            kwargs["tool_choice"] = prompt.tool_choice
         if prompt.response_format:
             kwargs["response_format"] = _response_format(prompt.response_format)
         if self.api_base is not None:

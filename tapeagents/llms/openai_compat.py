@@ -34,6 +34,7 @@ from tapeagents.llms.base import (
     TextDelta,
     TokenLogprob,
     ToolCallRequest,
+    TopLogprob,
     Usage,
 )
 from tapeagents.llms.limits import RateLimit, RequestGate, RetryPolicy
@@ -41,7 +42,9 @@ from tapeagents.secrets import is_secret_name, redact_url, scrub, url_secrets
 
 __all__ = ["OpenAICompatLLM"]
 
-_RESERVED = frozenset({"model", "messages", "tools", "stream", "stream_options", "response_format"})
+_RESERVED = frozenset(
+    {"model", "messages", "tools", "tool_choice", "stream", "stream_options", "response_format"}
+)
 _CONNECTIONS_PER_POOL = 2
 _TRANSIENT_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
 _CONTEXT_MARKERS = (
@@ -87,6 +90,16 @@ def _logprobs(raw: Any) -> list[TokenLogprob]:
             token=item.get("token", ""),
             logprob=float(item.get("logprob", 0.0)),
             token_id=item.get("token_id"),
+            top_logprobs=[
+                TopLogprob(
+                    token=top.get("token", ""),
+                    logprob=float(top.get("logprob", 0.0)),
+                    token_id=top.get("token_id"),
+                )
+                for top in item["top_logprobs"]
+            ]
+            if item.get("top_logprobs")
+            else None,
         )
         for item in items or []
     ]
@@ -257,6 +270,8 @@ class OpenAICompatLLM(LLM):
         body: dict[str, Any] = {"model": self.model, "messages": prompt.messages, **self.parameters}
         if prompt.tools is not None:
             body["tools"] = prompt.tools
+        if prompt.tool_choice is not None:
+            body["tool_choice"] = prompt.tool_choice
         if prompt.response_format:
             body["response_format"] = _response_format(prompt.response_format)
         if stream:
