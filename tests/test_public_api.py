@@ -38,6 +38,7 @@ def test_llms_exports_the_backends_and_the_test_doubles() -> None:
         "TextDelta",
         "TokenLogprob",
         "ToolCallRequest",
+        "TopLogprob",
         "Usage",
         "resolve_llm",
         "tool_call",
