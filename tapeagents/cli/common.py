@@ -54,8 +54,11 @@ def err() -> Console:
 
 
 def fail(message: str, code: int = 2) -> typer.Exit:
-    """Print `message` in red on stderr and return the `Exit` to raise."""
-    err().print(f"[bold red]Error:[/] {escape(message)}")
+    """Print `message` in red on stderr and return the `Exit` to raise.
+
+    The message is not wrapped (the terminal wraps it), so it stays one line in logs and pipes.
+    """
+    err().print(f"[bold red]Error:[/] {escape(message)}", soft_wrap=True)
     return typer.Exit(code)
 
 
@@ -80,8 +83,11 @@ def open_store(
 
     Unless `create`, a SQLite file that does not exist is an error rather than a new empty
     store, so a mistyped path or the wrong directory is reported instead of listing nothing.
+    Another application's database is an error too, even with `create`: the command line never
+    adds the store's tables beside another application's (`TapeStore(url)` does, if asked).
     """
     from tapeagents.store import DEFAULT_URL, TapeStore
+    from tapeagents.store.migrate import foreign_tables
 
     url = db or DEFAULT_URL
     if not create:
@@ -91,8 +97,18 @@ def open_store(
                 f"No tape store at {path}: the file does not exist. Pass --db URL or set "
                 "TAPEAGENTS_DB to the store your runs write to."
             )
-    store = TapeStore(url, upgrade=upgrade)
+    store = TapeStore(url, upgrade=False)
     try:
+        foreign = foreign_tables(store.database)
+        if foreign:
+            shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
+            raise UsageError(
+                f"{store.display_url} is not a tape store: it holds other tables ({shown}) "
+                "and no tapeagents schema. Pass --db URL or set TAPEAGENTS_DB to the store "
+                "your runs write to, or to a new database for a new store."
+            )
+        if upgrade:
+            store.upgrade()
         yield store
     finally:
         store.close()

@@ -37,10 +37,12 @@ def upgrade(db: DbOption = None) -> None:
 def info(db: DbOption = None) -> None:
     """Show the store's URL (password hidden), schema revision and size."""
 
+    from tapeagents.store.migrate import check_revision
     from tapeagents.store.schema import SCHEMA_VERSION
 
     with open_store(db, upgrade=False) as store:
         revision = store.schema_revision()
+        check_revision(store.database, revision)  # a newer tapeagents' store: say so
         grid = Table.grid(padding=(0, 2))
         grid.add_column(style="dim")
         grid.add_column()

@@ -11,7 +11,7 @@ import typer
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from tapeagents.cli.common import DbOption, err, open_store, out
+from tapeagents.cli.common import DbOption, err, fail, open_store, out
 from tapeagents.errors import UsageError
 from tapeagents.loading import load_agent
 
@@ -186,8 +186,7 @@ def export(
     with open_store(db) as store:
         ids = [store.resolve_id(i) for i in tape_ids] if tape_ids else None
         if format is Format.tapes:
-            count = store.export_jsonl(out_path, ids)
-            out().print(f"Exported {count} tape{'' if count == 1 else 's'} to {out_path}.")
+            _export_tapes(store, ids, out_path)
             return
         selection = Selection(
             tape_ids=ids,
@@ -203,7 +202,7 @@ def export(
             rated_only=rated_only,
         )
         if format is Format.eval:
-            _export_eval(store, selection, out_path, matrix)
+            _left_out(_export_eval(store, selection, out_path, matrix))
             return
         assert agent_path is not None
         agent, _ = load_agent(agent_path)
@@ -230,6 +229,40 @@ def export(
     if report_path is not None:
         report_path.write_text(report.model_dump_json(indent=1) + "\n")
     _print_report(report, format, out_path, validation_out)
+    _left_out(report, listed=True)
+
+
+def _export_tapes(store: TapeStore, ids: list[str] | None, out_path: Path) -> None:
+    """`--format tapes`: every readable tape is written; unreadable ones are listed, exit 1."""
+    from tapeagents.errors import UnreadableTapesError
+    from tapeagents.export import ExportReport
+
+    report = ExportReport()
+    try:
+        count = store.export_jsonl(out_path, ids)
+    except UnreadableTapesError as error:
+        count = error.written
+        for problem in error.unreadable:
+            report.unreadable_tape(problem)
+    out().print(f"Exported {count} tape{'' if count == 1 else 's'} to {escape(str(out_path))}.")
+    _left_out(report)
+
+
+def _left_out(report: ExportReport, *, listed: bool = False) -> None:
+    """Exit with code 1 when the export left out tapes the store cannot read, after listing
+    them on stderr (unless the report printed above `listed` them)."""
+    if not report.unreadable:
+        return
+    if not listed:
+        for line in report.unreadable_lines():
+            err().print(f"[yellow]{escape(line)}[/]")
+    count = len(report.unreadable)
+    raise fail(
+        f"{count} tape{' was' if count == 1 else 's were'} left out because the store cannot "
+        f"read {'it' if count == 1 else 'them'}; every other tape was exported. Restore the "
+        "database from a backup, or delete the tapes listed above with `tapeagents rm ID`.",
+        code=1,
+    )
 
 
 def _progress(*, auto_refresh: bool = True) -> Progress:
@@ -359,16 +392,17 @@ def _print_report(
 
 def _export_eval(
     store: TapeStore, selection: Selection, out_path: Path, matrix: Path | None
-) -> None:
-    from tapeagents.export import eval_records, response_matrix, write_eval_records
+) -> ExportReport:
+    from tapeagents.export import ExportReport, eval_records, response_matrix, write_eval_records
 
     total = _count(store, selection)
     records = []
+    report = ExportReport()
     with _progress() as progress:
         task = progress.add_task("export", total=total)
-        for record in eval_records(store, selection):
+        for record in eval_records(store, selection, report=report):
             records.append(record)
-            progress.advance(task)
+            progress.update(task, completed=report.tapes + len(report.unreadable))
     count = write_eval_records(records, out_path)
     console = out()
     console.print(f"Wrote {count} evaluation records to {escape(str(out_path))}.")
@@ -379,3 +413,4 @@ def _export_eval(
             f"Wrote the {len(built.subjects)} × {len(built.tasks)} response matrix to "
             f"{escape(str(matrix))}."
         )
+    return report

@@ -185,7 +185,7 @@ def import_(
     db: DbOption = None,
 ) -> None:
     """Read tapes from a JSONL file written by `export`; tapes already stored are skipped."""
-    with path.open(encoding="utf-8") as source:
+    with path.open(encoding="utf-8", errors="replace") as source:  # `import_jsonl` checks
         records = sum(1 for line in source if line.strip())
     with open_store(db, create=True) as store:
         count = store.import_jsonl(path)

@@ -16,8 +16,9 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel
 
-from tapeagents.errors import UsageError
+from tapeagents.errors import CorruptTapeError, UsageError
 from tapeagents.export.files import open_output
+from tapeagents.export.report import ExportReport
 from tapeagents.export.selection import Selection, select_tapes
 from tapeagents.llms import LLMCall
 from tapeagents.steps import Error
@@ -121,23 +122,38 @@ def eval_records(
     selection: Selection | None = None,
     *,
     subject: Callable[[EvalRecord], str] | None = None,
+    report: ExportReport | None = None,
 ) -> Iterator[EvalRecord]:
     """Evaluation records of the selected stored tapes (or of `(tape, llm_calls)` pairs).
 
     `subject` renames subjects, for example to group runs of one configuration:
-    `subject=lambda r: f"{r.agent}-v2"`.
+    `subject=lambda r: f"{r.agent}-v2"`. With a `report`, a stored tape that the store cannot
+    read (nor its LLM calls) gives no record: it is listed in `report.unreadable` and the
+    others go on. Without one, it raises `CorruptTapeError`, so that no tape is left out of an
+    evaluation unnoticed.
     """
     from tapeagents.store import TapeStore
 
     selection = selection or Selection()
+    collect = report is not None
+    report = report if report is not None else ExportReport()
     if isinstance(source, TapeStore):
         store = source
-        for chosen in select_tapes(store, selection):
+        skip = report.unreadable_tape if collect else None
+        for chosen in select_tapes(store, selection, on_unreadable=skip):
             summary = chosen.summary
             assert summary is not None
+            try:
+                calls = store.llm_calls_of(chosen.tape)
+            except CorruptTapeError as error:
+                if not collect:
+                    raise
+                report.unreadable_tape(error)
+                continue
+            report.tapes += 1
             record = eval_record(
                 chosen.tape,
-                store.llm_calls_of(chosen.tape),
+                calls,
                 agent=summary.agent,
                 status=summary.status,
                 created_at=summary.created_at,

@@ -348,7 +348,10 @@ def training_examples(
         seed: Seed of the split.
         split_by: Keep the tapes of one task ("task", default) or one lineage ("tape") together.
         on_problem: See `tape_examples`.
-        report: Counts and problems are added to it as the examples are produced.
+        report: Counts and problems are added to it as the examples are produced. With a
+            report, tapes the store cannot read are left out and listed in
+            `report.unreadable` (unless `on_problem` is "raise"); without one, the first such
+            tape raises `CorruptTapeError`, so that none is left out unnoticed.
 
     Yields:
         Examples with their `split` set, tape by tape.
@@ -360,11 +363,13 @@ def training_examples(
         >>> print(report.summary())
     """
     selection = selection or Selection()
+    collect = report is not None and on_problem != "raise"
     report = report if report is not None else ExportReport()
     if not 0 <= validation < 1:
         raise UsageError(f"validation is a share of the data, from 0 to below 1; got {validation}.")
     seen: set[str] = set()
-    for chosen in select_tapes(source, selection, split_by=split_by):
+    skip = report.unreadable_tape if collect else None
+    for chosen in select_tapes(source, selection, split_by=split_by, on_unreadable=skip):
         report.tapes += 1
         side = split_of(chosen.group, validation=validation, seed=seed)
         examples = tape_examples(

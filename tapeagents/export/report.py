@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, Field
 
-from tapeagents.errors import TapeAgentsError
+from tapeagents.errors import CorruptTapeError, TapeAgentsError
 
 if TYPE_CHECKING:
     from tapeagents.export.examples import TrainingExample
@@ -54,6 +54,9 @@ class ExportReport(BaseModel):
     """Model outputs (or tapes) left out on purpose, by reason."""
     problems: list[ExportProblem] = Field(default_factory=list)
     """What the target agent could not reproduce."""
+    unreadable: list[ExportProblem] = Field(default_factory=list)
+    """Tapes left out because the store cannot read them (damaged rows), with the reason; the
+    export went on with the others."""
     tokens: int = 0
     """Token-level exports: tokens in the written examples."""
     target_tokens: int = 0
@@ -64,6 +67,13 @@ class ExportReport(BaseModel):
     def skip(self, reason: str, count: int = 1) -> None:
         if count:
             self.skipped[reason] += count
+
+    def unreadable_tape(self, error: CorruptTapeError) -> None:
+        """Record a tape that the store cannot read (the export leaves it out and goes on)."""
+        problem = ExportProblem(
+            tape_id=error.tape_id, step_index=error.step_index, reason=error.reason
+        )
+        self.unreadable.append(problem)
 
     def add(self, example: TrainingExample) -> None:
         self.examples += 1
@@ -93,4 +103,18 @@ class ExportReport(BaseModel):
             lines += [f"  {problem}" for problem in self.problems[:10]]
             if len(self.problems) > 10:
                 lines.append(f"  ... and {len(self.problems) - 10} more")
-        return "\n".join(lines)
+        return "\n".join(lines + self.unreadable_lines())
+
+    def unreadable_lines(self) -> list[str]:
+        """The lines of `summary` that list the tapes the store cannot read (none if none)."""
+        count = len(self.unreadable)
+        if not count:
+            return []
+        lines = [
+            f"{count} tape{' was' if count == 1 else 's were'} left out: the store cannot read "
+            f"{'it' if count == 1 else 'them'}:"
+        ]
+        lines += [f"  tape {p.tape_id}: {p.reason}" for p in self.unreadable[:10]]
+        if count > 10:
+            lines.append(f"  ... and {count - 10} more")
+        return lines

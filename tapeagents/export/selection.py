@@ -9,13 +9,13 @@ keeps its side when more tapes are exported later.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from tapeagents.errors import UsageError
+from tapeagents.errors import CorruptTapeError, UsageError
 from tapeagents.tape import Tape
 
 if TYPE_CHECKING:
@@ -222,8 +222,13 @@ def select_tapes(
     selection: Selection,
     *,
     split_by: SplitBy = "task",
+    on_unreadable: Callable[[CorruptTapeError], None] | None = None,
 ) -> Iterator[Selected]:
-    """The tapes of `source` that pass `selection`, loaded in batches."""
+    """The tapes of `source` that pass `selection`, loaded in batches.
+
+    A stored tape that cannot be read raises `CorruptTapeError`; with `on_unreadable`, it is
+    handed to that and skipped, and the others are selected.
+    """
     selection.check()
     from tapeagents.store import TapeStore
 
@@ -237,22 +242,51 @@ def select_tapes(
                 yield Selected(tape, agent, _group(tape.metadata.task_id, root, split_by), [])
         return
     store = source
-    chosen = stored_choices(store, selection, split_by=split_by)
-    tapes = store.iter_tapes([summary.id for summary, _ in chosen], batch_size=_BATCH)
-    for (summary, group), tape in zip(chosen, tapes, strict=True):
+    chosen = stored_choices(store, selection, split_by=split_by, on_unreadable=on_unreadable)
+    by_id = {summary.id: (summary, group) for summary, group in chosen}
+    tapes = store.iter_tapes(
+        [summary.id for summary, _ in chosen], batch_size=_BATCH, on_unreadable=on_unreadable
+    )
+    for tape in tapes:
+        summary, group = by_id[tape.id]
         notes = store.annotations(tape.id) if selection.uses_annotations else []
         yield Selected(tape, summary.agent, group, notes, summary)
 
 
 def stored_choices(
-    store: TapeStore, selection: Selection, *, split_by: SplitBy = "task"
+    store: TapeStore,
+    selection: Selection,
+    *,
+    split_by: SplitBy = "task",
+    on_unreadable: Callable[[CorruptTapeError], None] | None = None,
 ) -> list[tuple[TapeSummary, str]]:
-    """The stored tapes that pass the tape filters, in export order, with their split keys."""
+    """The stored tapes that pass the tape filters, in export order, with their split keys.
+
+    A tape whose header cannot be read raises `CorruptTapeError`; with `on_unreadable`, it
+    is handed to that and left out.
+    """
+    from tapeagents.store import queries
+
     if selection.tape_ids is not None:
-        summaries = [store.summary(tape_id) for tape_id in selection.tape_ids]
-        summaries = [s for s in summaries if selection.matches(s)]
+        summaries = []
+        for tape_id in selection.tape_ids:
+            try:
+                summary = store.summary(tape_id)
+            except CorruptTapeError as error:
+                if on_unreadable is None:
+                    raise
+                on_unreadable(error)
+                continue
+            if selection.matches(summary):
+                summaries.append(summary)
     else:
-        found = store.list(selection.tape_filter(), limit=None)
+        found = queries.list_tapes(
+            store.database,
+            selection.tape_filter(),
+            limit=None,
+            offset=0,
+            on_unreadable=on_unreadable,
+        )
         summaries = [s for s in reversed(found) if selection._reward_ok(s.reward)]  # oldest first
     parents = {s.id: s.parent_id for s in summaries}
     return [

@@ -21,7 +21,7 @@ from itertools import accumulate
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from tapeagents.errors import TapeAgentsError, UsageError
+from tapeagents.errors import CorruptTapeError, TapeAgentsError, UsageError
 from tapeagents.export.examples import (
     TrainingExample,
     source_agent_of,
@@ -103,7 +103,8 @@ def export_chat_jsonl(
 
     store: TapeStore = source  # type: ignore[assignment]
     selection.check()
-    jobs = _jobs(store, selection, split_by, validation, seed)
+    skip = report.unreadable_tape if on_problem != "raise" else None
+    jobs = _jobs(store, selection, split_by, validation, seed, skip)
     files: dict[str, IO[bytes]] = {}
     try:
         files["train"] = open_output(path, binary=True)
@@ -114,12 +115,13 @@ def export_chat_jsonl(
         with tempfile.TemporaryDirectory(prefix=".export-", dir=Path(path).parent) as parts:
             job = _Job(store.url, agent, selection, source_agent, on_problem, dedupe, parts)
             seen: set[str] = set()
-            for part, tapes, error in _run(job, jobs, workers):
+            for part, tapes, unreadable, error in _run(job, jobs, workers):
                 with open(part, "rb") as lines:
                     for tape in tapes:
                         _merge(tape, lines, report, seen, files)
                         if on_progress is not None:
                             on_progress(report)
+                report.unreadable += unreadable
                 os.unlink(part)
                 if error is not None:
                     raise error
@@ -170,17 +172,26 @@ class _TapeLines:
 
 
 def _jobs(
-    store: TapeStore, selection: Selection, split_by: SplitBy, validation: float, seed: int
+    store: TapeStore,
+    selection: Selection,
+    split_by: SplitBy,
+    validation: float,
+    seed: int,
+    on_unreadable: Callable[[CorruptTapeError], None] | None,
 ) -> list[list[tuple[str, str | None, Split]]]:
-    """Chunks of (tape id, stored agent, side of the split), in export order."""
+    """Chunks of (tape id, stored agent, side of the split), in export order; tapes whose
+    header cannot be read go to `on_unreadable` (None: they raise)."""
+    choices = stored_choices(store, selection, split_by=split_by, on_unreadable=on_unreadable)
     chosen = [
         (summary.id, summary.agent, split_of(group, validation=validation, seed=seed))
-        for summary, group in stored_choices(store, selection, split_by=split_by)
+        for summary, group in choices
     ]
     return [chosen[i : i + CHUNK] for i in range(0, len(chosen), CHUNK)]
 
 
-_Result = tuple[str, list[_TapeLines], TapeAgentsError | None]
+_Result = tuple[str, list[_TapeLines], list[ExportProblem], TapeAgentsError | None]
+"""A worker's part file, its tapes' lines, the tapes it could not read, and the error that
+ended the chunk (None: the whole chunk was exported)."""
 
 
 def _run(
@@ -288,18 +299,26 @@ def _start_worker(job: _Job) -> None:
 def _export_chunk(index: int, chunk: list[tuple[str, str | None, Split]]) -> _Result:
     """Rebuild the examples of a chunk of tapes and write their chat lines to a part file.
 
-    A tapeagents error (a problem with `on_problem="raise"`, a corrupt row) ends the chunk: it
-    comes back after the tapes before it, so the parent writes those first, as one process
-    would."""
+    A tape the store cannot read is left out and reported, as in one process. A tapeagents
+    error (a problem with `on_problem="raise"`, which also stops at an unreadable tape) ends
+    the chunk: it comes back after the tapes before it, so the parent writes those first, as
+    one process would."""
     assert _worker is not None
     job, store = _worker
     uses_notes = job.selection.uses_annotations
     done: list[_TapeLines] = []
+    unreadable = ExportReport()
+    skip = unreadable.unreadable_tape if job.on_problem != "raise" else None
+    chosen = {tape_id: (stored_agent, side) for tape_id, stored_agent, side in chunk}
     part = os.path.join(job.parts, f"{index}.jsonl")
     with open(part, "wb") as out:
         try:
-            tapes = store.iter_tapes([tape_id for tape_id, _, _ in chunk], batch_size=len(chunk))
-            for (tape_id, stored_agent, side), tape in zip(chunk, tapes, strict=True):
+            tapes = store.iter_tapes(
+                [tape_id for tape_id, _, _ in chunk], batch_size=len(chunk), on_unreadable=skip
+            )
+            for tape in tapes:
+                tape_id = tape.id
+                stored_agent, side = chosen[tape_id]
                 report = ExportReport()
                 try:
                     examples = tape_examples(
@@ -317,8 +336,8 @@ def _export_chunk(index: int, chunk: list[tuple[str, str | None, Split]]) -> _Re
                     raise
                 done.append(_write_lines(out, examples, side, report, job.dedupe))
         except TapeAgentsError as error:
-            return part, done, error
-    return part, done, None
+            return part, done, unreadable.unreadable, error
+    return part, done, unreadable.unreadable, None
 
 
 def _write_lines(

@@ -22,6 +22,7 @@ import json
 import ssl
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import certifi
 import httpx
@@ -67,6 +68,20 @@ class _HTTPFailure(Exception):
         self.status = status
         self.text = text
         self.response = httpx.Response(status, headers=dict(headers or {}))  # for Retry-After
+
+
+def _without_trailing_slash(base_url: str) -> str:
+    """The URL with the trailing slashes of its path removed (its query left as it is)."""
+    parts = urlsplit(base_url)
+    return urlunsplit(parts._replace(path=parts.path.rstrip("/")))
+
+
+def _endpoint(base_url: str) -> str:
+    """The chat completions endpoint under `base_url`: `/chat/completions` joined to its path,
+    its query (`?api-version=...`, which some gateways require) kept after it."""
+    parts = urlsplit(base_url)
+    path = parts.path.rstrip("/") + "/chat/completions"
+    return urlunsplit(parts._replace(path=path, fragment=""))
 
 
 def _message_of(body: str) -> str:
@@ -171,7 +186,7 @@ class OpenAICompatLLM(LLM):
             params["max_tokens"] = max_tokens
         params.update(extra)
         super().__init__(model, **params)
-        self.base_url = base_url.rstrip("/")
+        self.base_url = _without_trailing_slash(base_url)
         self.timeout = timeout
         self.max_connections = max_connections
         self.prices = prices
@@ -180,7 +195,7 @@ class OpenAICompatLLM(LLM):
         )
         if api_key:
             self._headers["Authorization"] = f"Bearer {api_key}"
-        self._url = f"{self.base_url}/chat/completions"
+        self._url = _endpoint(self.base_url)
         self._shown_url = redact_url(self._url)
         """The endpoint as shown in errors: without a password in it."""
         self._parsed_url = httpx.URL(self._url)

@@ -23,6 +23,7 @@ from tapeagents.errors import StoreError
 
 __all__ = [
     "BLOB_MIN_LENGTH",
+    "MissingBlob",
     "blob_refs",
     "externalize",
     "find_blob_refs",
@@ -49,11 +50,19 @@ def _is_ref(value: dict[Any, Any]) -> bool:
     return isinstance(key, str) and _HASH.fullmatch(key) is not None
 
 
-def _missing(key: str) -> StoreError:
-    return StoreError(
-        f"The long text with hash {key} is missing from the store's blobs table: the database "
-        "was changed outside tapeagents. Restore it from a backup, or export the other tapes."
-    )
+class MissingBlob(StoreError):
+    """A stored reference names a long text that the `blobs` table does not hold. The readers
+    of steps and LLM calls turn it into an error that names the tape and the step."""
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+        super().__init__(
+            f"The long text with hash {key} is missing from the store's blobs table: the "
+            "database was changed outside tapeagents. Restore it from a backup."
+        )
+
+    def __reduce__(self) -> tuple[type[MissingBlob], tuple[str]]:
+        return type(self), (self.key,)
 
 
 def externalize(value: Any, found: dict[str, str]) -> Any:
@@ -97,7 +106,7 @@ def internalize(value: Any, texts: Mapping[str, str]) -> Any:
         if _is_ref(value):
             key = value[_BLOB_KEY]
             if key not in texts:
-                raise _missing(key)
+                raise MissingBlob(key)
             return texts[key]
         return {
             (k[1:] if k.startswith("$$") and _ESCAPED_KEY.fullmatch(k) else k): internalize(
@@ -133,7 +142,7 @@ def insert_blobs(json_text: str, texts: Mapping[str, str]) -> str:
         if key is None:  # an escaped key: drop one `$`
             return match.group(2) + match.group(3)
         if key not in texts:
-            raise _missing(key)
+            raise MissingBlob(key)
         return _json_string(texts[key])
 
     return _REF_OR_ESCAPED.sub(replace, json_text)

@@ -12,6 +12,7 @@ the database as it was, and the next open does the whole upgrade.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -28,7 +29,14 @@ from tapeagents.store.schema import SCHEMA_VERSION, metadata
 if TYPE_CHECKING:
     from alembic.config import Config
 
-__all__ = ["alembic_config", "schema_revision", "upgrade"]
+__all__ = [
+    "alembic_config",
+    "check_revision",
+    "foreign_tables",
+    "known_revisions",
+    "schema_revision",
+    "upgrade",
+]
 
 _LOCK_KEY = 0x7461706573  # "tapes": the PostgreSQL advisory lock that serialises upgrades
 
@@ -47,6 +55,42 @@ def _revision(connection: Connection) -> str | None:
     from alembic.runtime.migration import MigrationContext
 
     return MigrationContext.configure(connection).get_current_revision()
+
+
+def known_revisions() -> list[str]:
+    """The schema revisions this tapeagents has migrations for, oldest first (their files are
+    named `NNNN_what.py`, and the revision id is the number)."""
+    versions = Path(__file__).parent / "migrations" / "versions"
+    return sorted(path.name[:4] for path in versions.glob("[0-9][0-9][0-9][0-9]_*.py"))
+
+
+def check_revision(database: Database, revision: str | None) -> None:
+    """Refuse a database whose schema revision this tapeagents does not know: one written by a
+    newer tapeagents (it cannot read it correctly), or another application's Alembic revision.
+    """
+    if revision is None or revision in known_revisions():
+        return
+    if re.fullmatch(r"\d{4}", revision) and revision > SCHEMA_VERSION:
+        raise StoreError(
+            f"The tape store at {database.display_url} was written by a newer tapeagents "
+            f"(schema revision {revision}; this one knows up to {SCHEMA_VERSION}): upgrade "
+            "tapeagents (pip install -U tapeagents) to use it."
+        )
+    raise StoreError(
+        f"The database at {database.display_url} is not a tape store: it is at the Alembic "
+        f"revision {revision!r} of another application. Pass --db (or TapeStore(url)) with "
+        "a database of its own for tapeagents."
+    )
+
+
+def foreign_tables(database: Database) -> list[str]:
+    """The tables of a database without a schema revision that are not the store's: a
+    database that holds some is another application's (or not made by tapeagents)."""
+    with database.read() as connection:
+        if _revision(connection) is not None:
+            return []
+        names = set(inspect(connection).get_table_names())
+    return sorted(names - set(metadata.tables) - {"alembic_version"})
 
 
 def schema_revision(database: Database) -> str | None:
@@ -92,6 +136,7 @@ def upgrade(database: Database) -> None:
     current = schema_revision(database)
     if current == SCHEMA_VERSION:
         return
+    check_revision(database, current)
     from alembic import command
 
     try:
@@ -99,6 +144,7 @@ def upgrade(database: Database) -> None:
             current = _revision(connection)  # another process may have upgraded meanwhile
             if current == SCHEMA_VERSION:
                 return
+            check_revision(database, current)
             if current is None:
                 _drop_leftovers(connection)
             command.upgrade(alembic_config(connection), "head")

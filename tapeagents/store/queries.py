@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from sqlalchemy import func, select
 
+from tapeagents.errors import CorruptTapeError
 from tapeagents.store.engine import Database
 from tapeagents.store.filters import TapeFilter, conditions
 from tapeagents.store.records import TapeSummary
@@ -14,9 +17,18 @@ __all__ = ["count_tapes", "facets", "list_tapes", "matching_ids"]
 
 
 def list_tapes(
-    database: Database, tape_filter: TapeFilter, *, limit: int | None, offset: int
+    database: Database,
+    tape_filter: TapeFilter,
+    *,
+    limit: int | None,
+    offset: int,
+    on_unreadable: Callable[[CorruptTapeError], None] | None = None,
 ) -> list[TapeSummary]:
-    """The headers of the tapes passing the filter, newest first, one page of them."""
+    """The headers of the tapes passing the filter, newest first, one page of them.
+
+    A header that cannot be read (a damaged row) raises `CorruptTapeError`; with
+    `on_unreadable`, it is handed to that instead and left out (exports go on without it).
+    """
     query = (
         select(tapes)
         .where(*conditions(tape_filter, database.statements))
@@ -34,7 +46,15 @@ def list_tapes(
                 )
             ):
                 tags[tape_id].append(tag_value)
-    return [summary_from_row(row, tags[row.id]) for row in rows]
+    summaries = []
+    for row in rows:
+        try:
+            summaries.append(summary_from_row(row, tags[row.id]))
+        except CorruptTapeError as error:
+            if on_unreadable is None:
+                raise
+            on_unreadable(error)
+    return summaries
 
 
 def count_tapes(database: Database, tape_filter: TapeFilter) -> int:

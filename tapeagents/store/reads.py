@@ -6,22 +6,23 @@ lineage: `read_steps` gathers each ancestor's share in order.
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterable, Iterator, MutableMapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, MutableMapping, Sequence
 from typing import Any, cast
 
 from sqlalchemy import Row, func, select
 from sqlalchemy.engine import Connection
 
-from tapeagents.errors import StoreError, UsageError
+from tapeagents.errors import CorruptTapeError, StoreError, UsageError
 from tapeagents.llms.base import LLMCall, LLMOutput
 from tapeagents.steps import Step
 from tapeagents.store.blobs import blob_refs, find_blob_refs
 from tapeagents.store.engine import Database
 from tapeagents.store.records import TapeSummary
 from tapeagents.store.rows import (
+    CorruptCallError,
     StepRow,
     call_from_row,
+    parse_call_json,
     parse_steps,
     summary_from_row,
     tape_from_row,
@@ -61,15 +62,28 @@ def get(database: Database, tape_id: str) -> Tape[Any, Any]:
 
 
 def iter_tapes(
-    database: Database, tape_ids: Iterable[str] | None, *, batch_size: int
+    database: Database,
+    tape_ids: Iterable[str] | None,
+    *,
+    batch_size: int,
+    on_unreadable: Callable[[CorruptTapeError], None] | None = None,
 ) -> Iterator[Tape[Any, Any]]:
-    """Tapes in order (all of them when `tape_ids` is None), `batch_size` tapes per read."""
+    """Tapes in order (all of them when `tape_ids` is None), `batch_size` tapes per read.
+
+    A tape that cannot be read raises `CorruptTapeError` when it is reached (the tapes before
+    it are handed out first); with `on_unreadable`, it is handed to that instead and skipped,
+    so an export of many tapes goes on.
+    """
     ids = list(tape_ids) if tape_ids is not None else all_ids(database)
     for start in range(0, len(ids), batch_size):
-        yield from _get_many(database, ids[start : start + batch_size])
+        yield from _get_many(database, ids[start : start + batch_size], on_unreadable)
 
 
-def _get_many(database: Database, tape_ids: Sequence[str]) -> Iterator[Tape[Any, Any]]:
+def _get_many(
+    database: Database,
+    tape_ids: Sequence[str],
+    on_unreadable: Callable[[CorruptTapeError], None] | None,
+) -> Iterator[Tape[Any, Any]]:
     """Several stored tapes, in the order asked; a fork's shared prefix is read as in `get`.
 
     The rows are read in one transaction, but each tape's steps are built only when the tape
@@ -77,6 +91,7 @@ def _get_many(database: Database, tape_ids: Sequence[str]) -> Iterator[Tape[Any,
     garbage collector most of its work.
     """
     wanted = list(dict.fromkeys(tape_ids))
+    unreadable: dict[str, CorruptTapeError] = {}
     with database.read() as connection:
         rows = {
             row.id: row for row in connection.execute(select(tapes).where(tapes.c.id.in_(wanted)))
@@ -100,22 +115,38 @@ def _get_many(database: Database, tape_ids: Sequence[str]) -> Iterator[Tape[Any,
                 step_rows[row[0]].append(row)
             for tape_id in own:
                 if len(step_rows[tape_id]) != rows[tape_id].length:
-                    raise StoreError(
-                        f"Tape {tape_id} should have {rows[tape_id].length} steps but the "
-                        f"store has {len(step_rows[tape_id])}: the database was changed "
-                        "outside tapeagents."
+                    unreadable[tape_id] = _wrong_length(
+                        tape_id, rows[tape_id].length, len(step_rows[tape_id])
                     )
-        forks = {
-            tape_id: read_steps(database, connection, tape_id, rows[tape_id].length)
-            for tape_id in wanted
-            if rows[tape_id].prefix_length > 0  # a fork: read through its lineage
-        }
+        forks: dict[str, list[Step]] = {}
+        for tape_id in wanted:
+            if rows[tape_id].prefix_length > 0:  # a fork: read through its lineage
+                try:
+                    forks[tape_id] = read_steps(database, connection, tape_id, rows[tape_id].length)
+                except CorruptTapeError as error:
+                    unreadable[tape_id] = error
     for tape_id in tape_ids:
-        if tape_id in forks:
-            tape_steps = list(forks[tape_id])
-        else:
-            tape_steps = parse_steps(step_rows.get(tape_id, ()), texts)
-        yield tape_from_row(rows[tape_id], tape_steps)
+        try:
+            if tape_id in unreadable:
+                raise unreadable[tape_id]
+            if tape_id in forks:
+                tape_steps = list(forks[tape_id])
+            else:
+                tape_steps = parse_steps(step_rows.get(tape_id, ()), texts)
+            tape = tape_from_row(rows[tape_id], tape_steps)
+        except CorruptTapeError as error:
+            if on_unreadable is None:
+                raise
+            on_unreadable(error)
+            continue
+        yield tape
+
+
+def _wrong_length(tape_id: str, length: int, found: int, start: int = 0) -> CorruptTapeError:
+    where = f" from step {start}" if start else ""
+    return CorruptTapeError(
+        tape_id, f"it should have {length} steps{where} but the store has {found} of them"
+    )
 
 
 def all_ids(database: Database) -> list[str]:
@@ -192,11 +223,8 @@ def read_steps(
         )
         rows.extend((seg_id, idx, kind, data) for idx, kind, data in result.all())
     if len(rows) != end - start:
-        raise StoreError(
-            f"Tape {tape_id} should have {end - start} steps from {start} but the store has "
-            f"{len(rows)}: the database was changed outside tapeagents."
-        )
-    return parse_steps(rows, blob_texts(connection, rows))
+        raise _wrong_length(tape_id, end - start, len(rows), start)
+    return parse_steps(rows, blob_texts(connection, rows), tape_id)
 
 
 def blob_texts(connection: Connection, rows: Sequence[StepRow]) -> dict[str, str]:
@@ -217,7 +245,11 @@ def read_blobs(connection: Connection, refs: set[str]) -> dict[str, str]:
 
 
 def get_llm_calls(database: Database, ids: Iterable[str]) -> list[LLMCall]:
-    """The stored LLM calls with these ids, in the given order (missing ones skipped)."""
+    """The stored LLM calls with these ids, in the given order (missing ones skipped).
+
+    Raises:
+        CorruptCallError: A call's row cannot be read; the error names the call.
+    """
     wanted = list(dict.fromkeys(ids))
     rows: dict[str, Row[Any]] = {}
     with database.read() as connection:
@@ -226,9 +258,7 @@ def get_llm_calls(database: Database, ids: Iterable[str]) -> list[LLMCall]:
             for row in connection.execute(select(llm_calls).where(llm_calls.c.id.in_(chunk))):
                 rows[row.id] = row
         refs: set[str] = set()
-        parsed = {
-            key: (json.loads(row.prompt), json.loads(row.output)) for key, row in rows.items()
-        }
+        parsed = {key: parse_call_json(row) for key, row in rows.items()}
         for prompt, output in parsed.values():
             blob_refs(prompt, refs)
             blob_refs(output, refs)
@@ -237,9 +267,18 @@ def get_llm_calls(database: Database, ids: Iterable[str]) -> list[LLMCall]:
 
 
 def llm_calls_of(database: Database, tape: Tape[Any, Any]) -> list[LLMCall]:
-    """The LLM calls that produced the tape's steps, in tape order."""
+    """The LLM calls that produced the tape's steps, in tape order.
+
+    Raises:
+        CorruptTapeError: A call cannot be read; the error names the tape and the step.
+    """
     ids = [s.metadata.llm_call_id for s in tape.steps if s.metadata.llm_call_id]
-    return get_llm_calls(database, ids)
+    try:
+        return get_llm_calls(database, ids)
+    except CorruptCallError as error:
+        index = next(i for i, s in enumerate(tape.steps) if s.metadata.llm_call_id == error.call_id)
+        reason = f"step {index} was made by the LLM call {error.call_id}, which {error.reason}"
+        raise CorruptTapeError(tape.id, reason, index) from None
 
 
 def stats(database: Database) -> dict[str, int]:

@@ -7,25 +7,28 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 from sqlalchemy import BindParameter, Row, bindparam, insert, select, update
 
-from tapeagents.errors import StoreError, UsageError
+from tapeagents.errors import CorruptTapeError, StoreError, UsageError
 from tapeagents.llms.base import LLMCall, LLMOutput, Prompt, TokenLogprob, Usage
 from tapeagents.steps import Step, load_step, step_kinds
-from tapeagents.store.blobs import externalize, insert_blobs, internalize
+from tapeagents.store.blobs import MissingBlob, externalize, insert_blobs, internalize
 from tapeagents.store.records import TapeSummary
 from tapeagents.store.schema import blobs, llm_calls, steps, tape_tags, tapes
 from tapeagents.tape import Tape, TapeMetadata
 
 __all__ = [
+    "CorruptCallError",
     "Statements",
     "StepRow",
     "call_from_row",
     "call_row",
     "dumps",
     "jsonable",
+    "one_line",
     "outcome_columns",
+    "parse_call_json",
     "parse_steps",
     "step_row",
     "summary_from_row",
@@ -58,24 +61,90 @@ def jsonable(value: Any) -> Any:
     return value
 
 
-def parse_steps(rows: Sequence[StepRow], texts: Mapping[str, str]) -> list[Step]:
-    """Steps from `(tape id, index, kind, data)` rows; `texts` has the blobs they refer to."""
+def parse_steps(
+    rows: Sequence[StepRow], texts: Mapping[str, str], tape_id: str | None = None
+) -> list[Step]:
+    """Steps from `(tape id, index, kind, data)` rows; `texts` has the blobs they refer to.
+
+    Args:
+        rows: The step rows, in order.
+        texts: The texts of the blobs they refer to.
+        tape_id: The tape being read, when its rows come from its ancestors too (a fork).
+
+    Raises:
+        CorruptTapeError: A row cannot be read; the error names the tape and the step.
+    """
     kinds = step_kinds()
     loaded: list[Step] = []
     for seg_id, idx, kind, data in rows:
-        text = insert_blobs(data, texts)
-        cls = kinds.get(kind)
         try:
-            if cls is not None:
-                loaded.append(cls.model_validate_json(text))
-            else:
-                loaded.append(load_step({"kind": kind, **json.loads(text)}))
-        except ValueError as error:
-            raise StoreError(
-                f"Step {idx} of tape {seg_id} cannot be loaded ({error}); the row is "
-                "corrupt. Export the tape to see the others."
-            ) from None
+            loaded.append(_parse_step(kind, data, texts, kinds))
+        except _Unreadable as error:
+            where = "" if tape_id in (None, seg_id) else f" (stored with its ancestor {seg_id})"
+            raise CorruptTapeError(tape_id or seg_id, f"step {idx}{where} {error}", idx) from None
     return loaded
+
+
+class _Unreadable(Exception):
+    """Why one row cannot be read, for the error that names its tape."""
+
+
+def _parse_step(
+    kind: Any, data: Any, texts: Mapping[str, str], kinds: dict[str, type[Step]]
+) -> Step:
+    if not isinstance(kind, str) or not isinstance(data, str):
+        raise _Unreadable(
+            f"has a {type(kind).__name__} kind and {type(data).__name__} data where the store "
+            "writes text"
+        )
+    try:
+        text = insert_blobs(data, texts)
+    except MissingBlob as error:
+        raise _Unreadable(
+            f"refers to the long text {error.key}, which is missing from the blobs table"
+        ) from None
+    cls = kinds.get(kind)
+    try:
+        if cls is not None:
+            return cls.model_validate_json(text)
+        value = json.loads(text)
+        if not isinstance(value, dict):
+            raise _Unreadable(
+                f"has the unknown kind {kind!r} and holds {_json_type(value)} where a step's "
+                "JSON object belongs"
+            )
+        return load_step({"kind": kind, **value})
+    except ValueError as error:
+        raise _Unreadable(f"({kind}) is corrupt: {one_line(error)}") from None
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, list):
+        return "a JSON array"
+    if isinstance(value, str):
+        return "a JSON string"
+    return f"the JSON value {json.dumps(value)[:40]}"
+
+
+def one_line(error: BaseException) -> str:
+    """What went wrong, in one line: the first problem of a pydantic validation error (with a
+    count of the others), the message of invalid JSON."""
+    if isinstance(error, ValidationError):
+        problems = error.errors(include_url=False, include_input=False)
+        if not problems:
+            return str(error).splitlines()[0]
+        first = problems[0]
+        where = ".".join(str(part) for part in first["loc"])
+        text = f"{where}: {first['msg']}" if where else first["msg"]
+        if len(problems) > 1:
+            text += f" (and {len(problems) - 1} more problems)"
+        return text
+    if isinstance(error, json.JSONDecodeError):
+        return f"invalid JSON: {error}"
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
 
 
 def step_row(tape_id: str, index: int, step: Step, found: dict[str, str]) -> dict[str, Any]:
@@ -118,25 +187,62 @@ def call_row(call: LLMCall, found: dict[str, str]) -> dict[str, Any]:
     }
 
 
+class CorruptCallError(StoreError):
+    """A stored LLM call cannot be read (its row was damaged or changed outside tapeagents).
+
+    `llm_calls_of` turns it into a `CorruptTapeError` that names the tape and the step.
+    """
+
+    def __init__(self, call_id: str, reason: str) -> None:
+        self.call_id = call_id
+        self.reason = reason
+        super().__init__(
+            f"The LLM call {call_id} cannot be read: it {reason}. The database was damaged or "
+            "changed outside tapeagents: restore it from a backup."
+        )
+
+    def __reduce__(self) -> tuple[type[CorruptCallError], tuple[str, str]]:
+        return type(self), (self.call_id, self.reason)
+
+
+def parse_call_json(row: Row[Any]) -> tuple[Any, Any]:
+    """The parsed prompt and output JSON of an `llm_calls` row."""
+    try:
+        return json.loads(row.prompt), json.loads(row.output)
+    except (ValueError, TypeError) as error:
+        raise CorruptCallError(
+            row.id, f"has a corrupt prompt or output ({one_line(error)})"
+        ) from None
+
+
 def call_from_row(row: Row[Any], prompt: Any, output: Any, texts: Mapping[str, str]) -> LLMCall:
     """An LLM call from its `llm_calls` row, its parsed prompt and output JSON, and the texts of
     the blobs they refer to."""
-    llm_output = LLMOutput.model_validate(internalize(output, texts))
-    llm_output.usage = Usage(
-        prompt_tokens=row.prompt_tokens or 0, completion_tokens=row.completion_tokens or 0
-    )
-    if row.logprobs:
-        llm_output.logprobs = [TokenLogprob(**lp) for lp in json.loads(row.logprobs)]
-    return LLMCall(
-        id=row.id,
-        model=row.model,
-        parameters=json.loads(row.parameters or "{}"),
-        prompt=Prompt.model_validate(internalize(prompt, texts)),
-        output=llm_output,
-        latency=row.latency or 0.0,
-        created_at=row.created_at,
-        retries=row.retries or 0,
-    )
+    try:
+        llm_output = LLMOutput.model_validate(internalize(output, texts))
+        llm_output.usage = Usage(
+            prompt_tokens=row.prompt_tokens or 0, completion_tokens=row.completion_tokens or 0
+        )
+        if row.logprobs:
+            llm_output.logprobs = [
+                TokenLogprob.model_validate(lp) for lp in json.loads(row.logprobs)
+            ]
+        return LLMCall(
+            id=row.id,
+            model=row.model,
+            parameters=json.loads(row.parameters or "{}"),
+            prompt=Prompt.model_validate(internalize(prompt, texts)),
+            output=llm_output,
+            latency=row.latency or 0.0,
+            created_at=row.created_at,
+            retries=row.retries or 0,
+        )
+    except MissingBlob as error:
+        raise CorruptCallError(
+            row.id, f"refers to the long text {error.key}, which is missing from the blobs table"
+        ) from None
+    except (ValueError, TypeError) as error:
+        raise CorruptCallError(row.id, f"has a corrupt row ({one_line(error)})") from None
 
 
 def tape_from_row(row: Row[Any], tape_steps: list[Step]) -> Tape[Any, Any]:
@@ -144,22 +250,29 @@ def tape_from_row(row: Row[Any], tape_steps: list[Step]) -> Tape[Any, Any]:
     try:
         metadata = TapeMetadata.model_validate_json(row.metadata or "{}")
         context = json.loads(row.context) if row.context else None
-    except ValueError as error:
-        raise StoreError(f"Tape {row.id} has a corrupt header: {error}") from None
-    loaded: Tape[Any, Any] = Tape(
-        id=row.id,
-        parent_id=row.parent_id,
-        fork_index=row.fork_index,
-        author=row.author,
-        context=context,
-        metadata=metadata,
-    )
+        loaded: Tape[Any, Any] = Tape(
+            id=row.id,
+            parent_id=row.parent_id,
+            fork_index=row.fork_index,
+            author=row.author,
+            context=context,
+            metadata=metadata,
+        )
+    except (ValueError, TypeError) as error:
+        raise CorruptTapeError(row.id, f"its header is corrupt ({one_line(error)})") from None
     loaded.steps = tape_steps
     return loaded
 
 
 def summary_from_row(row: Row[Any], tags: list[str]) -> TapeSummary:
     """A tape's header from its `tapes` row and its tags."""
+    try:
+        return _summary(row, tags)
+    except ValueError as error:
+        raise CorruptTapeError(row.id, f"its header is corrupt ({one_line(error)})") from None
+
+
+def _summary(row: Row[Any], tags: list[str]) -> TapeSummary:
     return TapeSummary(
         id=row.id,
         parent_id=row.parent_id,

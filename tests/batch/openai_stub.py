@@ -53,7 +53,8 @@ class Stub:
             await self._send(send, 404, {"error": {"message": f"no route {scope['path']}"}})
             return
         request = json.loads(body)
-        self.requests.append({"headers": headers, "body": request})
+        query = scope["query_string"].decode()
+        self.requests.append({"headers": headers, "body": request, "query": query})
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:

@@ -96,15 +96,26 @@ def test_a_problem_stops_the_export_after_the_tapes_before_it(
     assert written[0] == written[1] and written[0].count(b"\n") == 8
 
 
-def test_a_corrupt_row_is_a_store_error_in_a_worker(store: TapeStore, tmp_path: Path) -> None:
+def test_unreadable_tapes_are_skipped_and_reported_by_workers_as_by_one_process(
+    store: TapeStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     ids = fill(store)
+    monkeypatch.setattr(workers_module, "CHUNK", 3)  # bad tapes in the middle of jobs
     with store.engine.begin() as connection:
-        connection.execute(
-            sa.text("UPDATE steps SET data = '{broken' WHERE tape_id = :id AND idx = 1"),
-            {"id": ids[4]},
-        )
-    with pytest.raises(StoreError, match=f"Step 1 of tape {ids[4]} cannot be loaded"):
-        export_chat_jsonl(store, calc_agent(), tmp_path / "t.jsonl", workers=2)
+        for tape_id in (ids[4], ids[9]):
+            connection.execute(
+                sa.text("UPDATE steps SET data = '{broken' WHERE tape_id = :id AND idx = 1"),
+                {"id": tape_id},
+            )
+    one = export(store, tmp_path, 1)
+    assert export(store, tmp_path, 2) == one
+    report = ExportReport.model_validate_json(one[2])
+    assert [p.tape_id for p in report.unreadable] == [ids[4], ids[9]]
+    assert report.unreadable[0].step_index == 1
+    assert "step 1 (reasoning) is corrupt: Invalid JSON" in report.unreadable[0].reason
+    assert report.tapes == 10 and one[0].count(b"\n") == 16  # every other tape is exported
+    with pytest.raises(StoreError, match=f"Tape {ids[4]} cannot be read: step 1"):
+        export_chat_jsonl(store, calc_agent(), tmp_path / "r.jsonl", workers=2, on_problem="raise")
 
 
 def test_memory_stores_and_tapes_are_exported_by_one_process(tmp_path: Path) -> None:

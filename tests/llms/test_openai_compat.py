@@ -172,6 +172,21 @@ async def test_unreachable_server_and_wrong_answers(stub: Stub) -> None:
             await wrong_root.generate(PROMPT)
 
 
+async def test_base_url_with_a_query_keeps_it_after_the_endpoint_path(stub: Stub) -> None:
+    # gateways such as Azure OpenAI require `?api-version=...` on every request
+    for base_url in (
+        f"{stub.base_url}?api-version=2024-06-01",
+        f"{stub.base_url}/?api-version=2024-06-01",
+    ):
+        async with OpenAICompatLLM("echo", base_url=base_url, max_retries=0) as llm:
+            output = await llm.generate(PROMPT)
+        assert output.content == "echo: Say hello"
+        assert stub.requests[-1]["query"] == "api-version=2024-06-01"
+    async with make(stub) as plain:
+        await plain.generate(PROMPT)
+    assert stub.requests[-1]["query"] == ""
+
+
 def test_bad_arguments_are_usage_errors() -> None:
     with pytest.raises(UsageError, match="api_key= or headers="):
         OpenAICompatLLM("m", base_url="http://x/v1", secret_token="s")
