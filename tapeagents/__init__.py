@@ -9,10 +9,13 @@ from tapeagents.agent import Agent, Node
 from tapeagents.environment import Environment, ToolEnvironment
 from tapeagents.errors import (
     ContextWindowExceeded,
+    CorruptTapeError,
+    LeaseHeld,
     LLMError,
     ReplayMismatch,
     StoreError,
     TapeAgentsError,
+    UnreadableTapesError,
     UsageError,
 )
 from tapeagents.llm_node import LLMNode
@@ -42,6 +45,7 @@ from tapeagents.steps import (
     Step,
     StepMetadata,
     StopStep,
+    StoreFailure,
     Thought,
     ToolCall,
     ToolResult,
@@ -58,6 +62,7 @@ __all__ = [
     "AssistantMessage",
     "Call",
     "ContextWindowExceeded",
+    "CorruptTapeError",
     "Environment",
     "EnvironmentReacted",
     "Error",
@@ -66,6 +71,7 @@ __all__ = [
     "Finished",
     "LLMCallMade",
     "LLMError",
+    "LeaseHeld",
     "LLMFailure",
     "LLMNode",
     "Node",
@@ -80,6 +86,7 @@ __all__ = [
     "StepAppended",
     "StepMetadata",
     "StopStep",
+    "StoreFailure",
     "StoreError",
     "Tape",
     "TapeAgentsError",
@@ -90,6 +97,7 @@ __all__ = [
     "ToolEnvironment",
     "ToolResult",
     "UnknownStep",
+    "UnreadableTapesError",
     "UsageError",
     "UserMessage",
     "run",

@@ -44,6 +44,7 @@ __all__ = [
     "Step",
     "StepMetadata",
     "StopStep",
+    "StoreFailure",
     "Thought",
     "ToolCall",
     "ToolResult",
@@ -324,3 +325,11 @@ class NodeFailure(Error):
     """A node raised an exception; the run stops and re-raises it."""
 
     kind: Literal["node_failure"] = "node_failure"
+
+
+class StoreFailure(Error):
+    """The tape store refused to write a step (text the database cannot hold, a failed
+    COMMIT, a full disk). It takes the refused step's place; the run stops with status
+    "error", and a resume tries the refused step's node again."""
+
+    kind: Literal["store_failure"] = "store_failure"

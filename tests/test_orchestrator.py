@@ -229,6 +229,54 @@ def test_streaming_text_arrives_as_events() -> None:
     assert [e.text for e in events if isinstance(e, TextStreamed)] == ["Hello", " there"]
 
 
+async def test_the_steps_of_one_answer_are_stored_together_then_reported(tmp_path) -> None:
+    """One model answer (a thought and a tool call) is one write: its text streams live, and
+    its steps are reported only once the store holds all of them (a crash between them is
+    impossible: see tests/store/test_write_failures.py)."""
+    from tapeagents.store import TapeStore
+
+    class Streamer(LLM):
+        answers = [
+            LLMOutput(content="Adding.", tool_calls=[tool_call("add", '{"a": 2, "b": 3}')]),
+            LLMOutput(tool_calls=[tool_call("final_answer", '{"answer": "5"}')]),
+        ]
+
+        async def generate(self, prompt: Prompt) -> LLMOutput:
+            return self.answers.pop(0)
+
+        async def stream(self, prompt: Prompt):
+            output = self.answers.pop(0)
+            if output.content:
+                yield TextDelta(text=output.content)
+            yield output
+
+    node = LLMNode(steps=[FinalAnswer], tools=calc.tools, text_step=Reasoning)
+    agent = Agent("calc", nodes=[node], llms=Streamer("s"))
+    store = TapeStore(f"sqlite:///{tmp_path / 'tapes.db'}")
+    tape = Tape(steps=[UserMessage(content="2+3?")])
+    seen: list[tuple[str, int]] = []  # (event, steps stored when it came)
+    async for event in run(agent, tape, calc, store=store):
+        if isinstance(event, Finished):
+            assert event.reason == "stopped"
+        else:
+            stored = len(store.get(tape.id)) if isinstance(event, StepAppended) else -1
+            seen.append((type(event).__name__, stored))
+    assert seen[:4] == [
+        ("TextStreamed", -1),
+        ("LLMCallMade", -1),
+        ("StepAppended", 3),  # the thought is reported once its tool call is stored too
+        ("StepAppended", 3),
+    ]
+    assert store.get(tape.id).kinds() == [
+        "user",
+        "reasoning",
+        "tool_call",
+        "tool_result",
+        "final_answer",
+    ]
+    store.close()
+
+
 async def test_run_sync_inside_a_running_loop_says_to_await_run() -> None:
     agent = Agent("a", nodes=[LLMNode()], llms=ScriptedLLM(["x"]))
     with pytest.raises(UsageError, match="async for event in run"):

@@ -49,12 +49,16 @@ class Database:
             with self.engine.connect():
                 pass
         except SQLAlchemyError as error:
+            advice = (
+                "Check that the file is a tape store (a SQLite database) and the path is right."
+                if self.engine.dialect.name == "sqlite"
+                else "Check that the database server is running and the URL is right."
+            )
             raise StoreError(
-                f"Cannot open the tape store at {self.display_url}: {self.reason(error)}. "
-                "Check that the database server is running and the URL is right."
+                f"Cannot open the tape store at {self.display_url}: {self.reason(error)}. {advice}"
             ) from None
 
-    def reason(self, error: SQLAlchemyError) -> str:
+    def reason(self, error: SQLAlchemyError | UnicodeEncodeError) -> str:
         """What the database said (`reason`), without this store's credentials in it: a driver
         may repeat the connection string or a password in its message."""
         url = self.engine.url
@@ -88,7 +92,7 @@ class Transaction:
         self.write = write
         self._context: AbstractContextManager[Connection] | None = None
 
-    def _error(self, error: SQLAlchemyError) -> StoreError:
+    def _error(self, error: SQLAlchemyError | UnicodeEncodeError) -> StoreError:
         return StoreError(
             f"Cannot {self.verb} the tape store at {self.database.display_url}: "
             f"{self.database.reason(error)}"
@@ -113,15 +117,19 @@ class Transaction:
             self._context.__exit__(kind, error, traceback)
         except SQLAlchemyError as failure:
             raise self._error(failure) from None
-        if isinstance(error, SQLAlchemyError):
+        # a lone surrogate ("\ud800") cannot be encoded for the database: the driver raises
+        # this before the database sees the text, and it is the database's refusal all the same
+        if isinstance(error, SQLAlchemyError | UnicodeEncodeError):
             raise self._error(error) from None
 
 
-def _first_line(error: SQLAlchemyError) -> str:
+def _first_line(error: SQLAlchemyError | UnicodeEncodeError) -> str:
     """The first line of what the database said, with the driver's error class (unscrubbed:
     messages go through `Database.reason`)."""
     if isinstance(error, DBAPIError) and error.orig is not None:
         return f"{type(error.orig).__name__}: {str(error.orig).strip().splitlines()[0]}"
+    if isinstance(error, UnicodeEncodeError):
+        return f"UnicodeEncodeError: {error}"
     return str(error).splitlines()[0]
 
 

@@ -6,8 +6,13 @@ disk) the largest cost of a stored run. Instead, the writes queued while the eve
 share one transaction; each writer still waits until its own write is committed, so a step is
 durable before it is reported, exactly as with one transaction per write.
 
-If the shared transaction fails, each write is retried in a transaction of its own, so one
-conflicting write (another process appended to that tape) fails alone.
+Each write gets exactly one outcome. If one of the writes' own statements fails (say another
+process appended to that tape), each write is retried in a transaction of its own, so the
+conflicting write fails alone. If the COMMIT itself fails (a full disk, a deferred constraint),
+every write the group held fails with the database's error and none is retried: a retry could
+see its own first attempt, or report as stored what the database does not hold. The failed
+transaction's connection goes back to the pool, which rolls it back (SQLite may leave a
+transaction open after a failed COMMIT) or, if that fails too, discards it.
 """
 
 from __future__ import annotations
@@ -88,34 +93,49 @@ class GroupCommit:
         thread.add_done_callback(lambda outcome: self._threaded_done(group, outcome))
 
     def _threaded_done(self, group: list[Queued], outcome: asyncio.Future[list[Outcome]]) -> None:
-        error = outcome.exception()  # `_commit` catches failures; this is for the unforeseen
-        self._finish(group, [(False, error)] * len(group) if error else outcome.result())
-        if self._queue:  # gathered while the thread was committing
-            self.loop.call_soon(self._start)
-        else:
-            self._scheduled = False
+        try:
+            error = outcome.exception()  # `_commit` catches failures; this is for the unforeseen
+            self._finish(group, [(False, error)] * len(group) if error else outcome.result())
+        finally:  # whatever happened, the queue goes on (a stuck flag would hang every writer)
+            if self._queue:  # gathered while the thread was committing
+                self.loop.call_soon(self._start)
+            else:
+                self._scheduled = False
 
     def _commit(self, group: list[Queued]) -> list[Outcome]:
-        """Commit the group in one transaction, or each write alone if that fails."""
-        if len(group) > 1:
+        """Commit the group in one transaction; if a write's own statements fail, each write
+        alone (see the module docstring)."""
+        writes = [write for write, _ in group]
+        if len(writes) > 1:
             try:
-                with self.database.write() as connection:
-                    results = [(True, write(connection)) for write, _ in group]
-                self.groups += 1
-                self.writes += len(group)
-                return results
+                return self._transaction(writes)
             except Exception:  # noqa: BLE001 - each write is retried alone and reports its own
                 pass
         outcomes: list[Outcome] = []
-        for write, _ in group:
+        for write in writes:
             try:
-                with self.database.write() as connection:
-                    outcomes.append((True, write(connection)))
-                self.groups += 1
-                self.writes += 1
+                outcomes.extend(self._transaction([write]))
             except Exception as error:  # noqa: BLE001 - handed to the writer that queued it
                 outcomes.append((False, error))
         return outcomes
+
+    def _transaction(self, writes: list[Write]) -> list[Outcome]:
+        """Run `writes` in one transaction: one outcome each. Raises what a write raised; a
+        failed COMMIT becomes every write's outcome instead (it is not the writes' fault, and
+        retrying them could report data as stored that the database does not hold)."""
+        results: list[Any] = []
+        ran = False
+        try:
+            with self.database.write() as connection:
+                results = [write(connection) for write in writes]
+                ran = True
+        except Exception as error:
+            if not ran:
+                raise
+            return [(False, error)] * len(writes)
+        self.groups += 1
+        self.writes += len(writes)
+        return [(True, result) for result in results]
 
     @staticmethod
     def _finish(group: list[Queued], outcomes: list[Outcome]) -> None:

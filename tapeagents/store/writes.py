@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import delete, select, update
 from sqlalchemy.engine import Connection
 
-from tapeagents.errors import StoreError
+from tapeagents.errors import StoreConflict, StoreError
 from tapeagents.llms.base import LLMCall
 from tapeagents.steps import Step
 from tapeagents.store.engine import Database
@@ -101,7 +101,9 @@ def append_steps(
     new_steps: Sequence[Step],
     calls: Sequence[LLMCall],
 ) -> None:
-    """Append steps at index `start`, which must be the stored length (else `StoreError`)."""
+    """Append steps at index `start`, which must be the stored length (else `StoreConflict`:
+    another process appended). The steps and their LLM calls are one write: a failure at any
+    point, the COMMIT included, leaves none of them."""
     statements = database.statements
     found: dict[str, str] = {}
     rows = [step_row(tape_id, start + i, step, found) for i, step in enumerate(new_steps)]
@@ -118,7 +120,12 @@ def append_steps(
         exists = connection.execute(select(tapes.c.length).where(tapes.c.id == tape_id)).scalar()
         if exists is None:
             raise database.missing(tape_id)
-        raise StoreError(
+        if exists == start:  # not moved: never blame another process for what it did not do
+            raise StoreError(
+                f"Cannot append to tape {tape_id} at step {start} (its stored length), the "
+                "database did not update it. Check the database's health, then retry."
+            )
+        raise StoreConflict(
             f"Tape {tape_id} has {exists} stored steps, not {start}: another process "
             "appended to it. Reload it with store.get() before continuing."
         )

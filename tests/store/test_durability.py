@@ -1,5 +1,5 @@
-"""Crash safety: a run killed with SIGKILL leaves a valid prefix that `run` resumes; several
-processes can append to one store at once."""
+"""Crash safety: a run killed with SIGKILL leaves a valid prefix that `run` resumes, made of
+whole model answers; several processes can append to one store at once."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tapeagents import ErrorObservation, Observation, ToolCall, run_sync
+from tapeagents import ErrorObservation, Observation, Tape, ToolCall, run_sync
 from tapeagents.store import TapeStore
 from tests.store.crash_agent import make
 
@@ -21,19 +21,32 @@ ROOT = Path(__file__).resolve().parents[2]
 N_CALLS = 100
 
 
-def start(url: str, tape_id: str, n_calls: int = N_CALLS) -> subprocess.Popen[bytes]:
+def start(
+    url: str, tape_id: str, n_calls: int = N_CALLS, mode: str = "calls"
+) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [sys.executable, "-m", "tests.store.crash_agent", url, tape_id, str(n_calls)],
+        [sys.executable, "-m", "tests.store.crash_agent", url, tape_id, str(n_calls), mode],
         cwd=ROOT,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
 
 
-def reference_contents() -> list[tuple[str, dict]]:
-    agent, env = make(N_CALLS)
-    tape = run_sync(agent, "work", env, max_steps=10_000).tape
-    return [(s.kind, s.llm_dict()) for s in tape]
+def reference_tape(mode: str = "calls") -> Tape:
+    agent, env = make(N_CALLS, mode)
+    return run_sync(agent, "work", env, max_steps=10_000).tape
+
+
+def reference_contents(mode: str = "calls") -> list[tuple[str, dict]]:
+    return [(s.kind, s.llm_dict()) for s in reference_tape(mode)]
+
+
+def answer_boundaries(tape: Tape) -> set[int]:
+    """The lengths at which a prefix of `tape` holds only whole model answers."""
+    ids = [step.metadata.llm_call_id for step in tape]
+    return {
+        n for n in range(len(ids) + 1) if n in (0, len(ids)) or not ids[n] or ids[n] != ids[n - 1]
+    }
 
 
 def assert_valid_prefix(store: TapeStore, tape_id: str, reference: list[tuple[str, dict]]) -> int:
@@ -64,7 +77,8 @@ def test_sigkill_at_a_random_point_leaves_a_prefix_that_resumes(store_url: str, 
     assert stored < len(reference), "the run finished before it was killed; kill it sooner"
 
     agent, env = make(N_CALLS)
-    result = run_sync(agent, store.get(tape_id), env, store=store, max_steps=10_000)
+    # force: the killed run's lease has not lapsed yet (tests/store/test_leases.py waits for it)
+    result = run_sync(agent, store.get(tape_id), env, store=store, max_steps=10_000, force=True)
     assert result.reason == "stopped"
     final = store.get(tape_id)
     assert final.model_dump_json() == result.tape.model_dump_json()
@@ -94,4 +108,45 @@ def test_several_processes_append_to_one_store_at_once(store_url: str) -> None:
         assert [s.llm_dict().get("arguments") for s in tape if isinstance(s, ToolCall)] == [
             {"i": k} for k in range(15)
         ]
+    store.close()
+
+
+KILLS = [1, 2, *(pytest.param(seed, marks=pytest.mark.slow) for seed in range(3, 41))]
+"""Two kills per mode and database in `make test`; forty in the slow suite (-m slow)."""
+
+
+@pytest.mark.parametrize("mode", ["answers", "answers-behind"])
+@pytest.mark.parametrize("seed", KILLS)
+def test_sigkill_leaves_whole_answers(store_url: str, mode: str, seed: int) -> None:
+    """Each answer is a thought and a tool call (two steps of one LLM output): a kill at any
+    moment leaves whole answers, never a thought without its tool call, and the resumed run
+    ends like an uninterrupted one."""
+    reference = reference_tape(mode)
+    contents = [(s.kind, s.llm_dict()) for s in reference]
+    boundaries = answer_boundaries(reference)
+    store = TapeStore(store_url)
+    tape_id = f"answers-{mode}-{seed}"
+    process = start(store_url, tape_id, mode=mode)
+    deadline = time.time() + 60
+    while store.status(tape_id) is None and time.time() < deadline and process.poll() is None:
+        time.sleep(0.02)
+    time.sleep(random.Random(seed).uniform(0.0, 0.6))
+    os.kill(process.pid, signal.SIGKILL)
+    process.communicate()
+    stored = assert_valid_prefix(store, tape_id, contents)
+    assert stored < len(reference), "the run finished before it was killed; kill it sooner"
+    assert stored in boundaries, f"the tape ends inside a model answer (at step {stored})"
+
+    agent, env = make(N_CALLS, mode)
+    # force: the killed run's lease has not lapsed yet
+    result = run_sync(agent, store.get(tape_id), env, store=store, max_steps=10_000, force=True)
+    assert result.reason == "stopped"
+    final = store.get(tape_id)
+    kept = [(s.kind, s.llm_dict()) for s in final if not isinstance(s, ErrorObservation)]
+    interrupted = [s for s in final if isinstance(s, ErrorObservation)]
+    assert len(interrupted) <= 1
+    if not interrupted:
+        assert kept == contents
+    answered = [s.action_id for s in final if isinstance(s, Observation) and s.action_id]
+    assert sorted(answered) == sorted(s.metadata.id for s in final if isinstance(s, ToolCall))
     store.close()

@@ -24,6 +24,7 @@ from tapeagents import (
 from tapeagents.errors import StoreError
 from tapeagents.llms import LLMOutput, ScriptedLLM, tool_call
 from tapeagents.store import TapeStore
+from tests.store import faults
 
 
 def _group(store: TapeStore):  # type: ignore[no-untyped-def]
@@ -142,3 +143,100 @@ async def test_write_behind_raises_a_failed_write_and_keeps_a_prefix(store: Tape
             pass
     stored = store.get(tape.id)
     assert [s.kind for s in stored.steps] == ["user", "user"]  # a prefix, nothing torn
+
+
+def _collect_loop_errors() -> list[dict]:
+    """Errors the event loop would only log (a callback that raised): a test asserts none."""
+    errors: list[dict] = []
+    asyncio.get_running_loop().set_exception_handler(lambda _loop, context: errors.append(context))
+    return errors
+
+
+async def test_a_failed_commit_fails_exactly_the_writes_of_its_group(store: TapeStore) -> None:
+    """A COMMIT that fails (here a deferred constraint, see tests/store/faults.py) gives every
+    write of the group one outcome: the database's error. None is retried, none is stored, no
+    event says otherwise, and the store takes the next writes (the failed transaction was
+    rolled back). On PostgreSQL this used to hang every later write."""
+    loop_errors = _collect_loop_errors()
+    tapes = [Tape(steps=[UserMessage(content=f"tape {i}")]) for i in range(3)]
+    for tape in tapes:
+        store.save(tape)
+    faults.fail_commit(store, "POISON")
+    group_writes = [
+        store.aappend_steps(tapes[0].id, 1, [UserMessage(content="fine")]),
+        store.aappend_steps(tapes[1].id, 1, [UserMessage(content="POISON")]),
+        store.aappend_steps(tapes[2].id, 1, [UserMessage(content="fine too")]),
+    ]
+    results = await asyncio.wait_for(asyncio.gather(*group_writes, return_exceptions=True), 30)
+    database_error = (
+        "FOREIGN KEY constraint failed"
+        if store.engine.dialect.name == "sqlite"
+        else "injected COMMIT failure"
+    )
+    for result in results:
+        assert isinstance(result, StoreError), result
+        assert database_error in str(result) and "another process" not in str(result)
+    assert [store.summary(tape.id).length for tape in tapes] == [1, 1, 1]
+
+    # one write alone: the same, and the store goes on
+    with pytest.raises(StoreError, match=database_error):
+        await asyncio.wait_for(
+            store.aappend_steps(tapes[1].id, 1, [UserMessage(content="POISON")]), 30
+        )
+    with pytest.raises(StoreError, match=database_error):  # the blocking path too
+        store.append_steps(tapes[1].id, 1, [UserMessage(content="POISON")])
+    for tape in tapes:
+        step = UserMessage(content="after the failure")
+        await asyncio.wait_for(store.aappend_steps(tape.id, 1, [step]), 30)
+        assert [s.content for s in store.get(tape.id).steps] == [  # type: ignore[attr-defined]
+            tape.steps[0].content,  # type: ignore[attr-defined]
+            "after the failure",
+        ]
+    assert loop_errors == []
+
+
+async def test_a_failed_commit_ends_the_runs_it_held_and_reports_only_stored_steps(
+    store: TapeStore,
+) -> None:
+    """Runs sharing commits: the group whose COMMIT fails ends the runs it held with an error
+    step; every other run finishes. Every step an event reported is stored."""
+    loop_errors = _collect_loop_errors()
+    faults.fail_commit(store, "POISON")
+
+    def agent(i: int) -> Agent:
+        answers = [
+            "POISON thought" if i == 0 else f"Thought {i}.",
+            LLMOutput(tool_calls=[tool_call("add", '{"a": 2, "b": 3}')]),
+            LLMOutput(tool_calls=[tool_call("final_answer", '{"answer": "5"}')]),
+        ]
+        node = LLMNode(steps=[FinalAnswer], tools=ToolEnvironment([add]).tools, text_step=Reasoning)
+        return Agent("calc", nodes=[node], llms=ScriptedLLM(answers))
+
+    async def one(i: int) -> tuple[Finished, list[StepAppended]]:
+        appended: list[StepAppended] = []
+        async for event in run(agent(i), f"task {i}", ToolEnvironment([add]), store=store):
+            if isinstance(event, StepAppended):
+                appended.append(event)
+            elif isinstance(event, Finished):
+                return event, appended
+        raise AssertionError("no Finished event")
+
+    outcomes = await asyncio.wait_for(asyncio.gather(*(one(i) for i in range(8))), 60)
+    reasons = [finished.reason for finished, _ in outcomes]
+    assert reasons[0] == "error"
+    assert set(reasons) <= {"error", "stopped"}
+    for finished, appended in outcomes:
+        stored = store.get(finished.tape.id)
+        assert stored.steps == finished.tape.steps
+        assert store.status(stored.id) == finished.reason
+        for event in appended:  # nothing reported that the store does not hold
+            assert stored.steps[event.index].metadata.id == event.step.metadata.id
+        if finished.reason == "error":
+            assert finished.error is not None and "another process" not in finished.error
+            assert "FOREIGN KEY constraint failed" in finished.error or (
+                "injected COMMIT failure" in finished.error
+            )
+            assert stored.kinds() == ["user", "store_failure"]
+        else:
+            assert stored.kinds()[-1] == "final_answer"
+    assert loop_errors == []
