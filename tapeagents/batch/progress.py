@@ -97,7 +97,7 @@ def summary_table(summary: BatchSummary) -> Table:
     ran = len(summary.ran)
     table.add_row("tasks run", str(ran))
     for status, count in summary.by_status().items():
-        style = "red" if status == "error" else "green"
+        style = "red" if status in ("error", "held") else "green"
         table.add_row(f"  {status}", f"[{style}]{count}[/]")
     if summary.skipped:
         table.add_row("already done (skipped)", str(summary.skipped))

@@ -22,9 +22,10 @@ class TaskResult:
     tape_id: str
     status: str
     """How the tape's run ended: a `Finished` reason ("stopped", "awaiting_input",
-    "no_environment", "max_steps") or "error"."""
+    "no_environment", "max_steps"), "error", or "held" (another live run holds the tape; it
+    was left alone, and `error` names that run)."""
     error: str | None = None
-    """Why the task failed, when it did."""
+    """Why the task failed (or was held), when it did."""
     skipped: bool = False
     """The tape had already finished in an earlier run of the batch; it was not run again."""
     resumed: bool = False
@@ -45,7 +46,8 @@ class TaskResult:
 
     @property
     def failed(self) -> bool:
-        return self.status == "error"
+        """The task did not run to an end: it failed, or another live run held its tape."""
+        return self.status in ("error", "held")
 
 
 @dataclass

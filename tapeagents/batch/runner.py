@@ -8,6 +8,9 @@ step is stored as it happens and a tape that was cut off keeps the status "runni
 Running a batch again (same id) therefore continues it: tapes that finished are skipped, tapes
 still "running" are resumed from their last step (an action that was cut off gets an
 "interrupted" observation rather than being performed twice), tasks without a tape start.
+A tape that a live run still holds (`tapeagents.store.leases`: another process runs the same
+batch) is left alone and reported with the status "held"; a killed worker's lease lapses, and
+the batch waits for that once before resuming the tape.
 The batch API (`tapeagents.batch.api`) makes a `BatchRun` and hands it to a backend: this
 process (`BatchRun.run_tasks`) or Ray workers (`tapeagents.batch.ray_backend`).
 """
@@ -26,7 +29,7 @@ from tapeagents.batch.options import BatchOptions
 from tapeagents.batch.results import TaskResult
 from tapeagents.batch.tasks import Task, batch_tag, tape_id_for
 from tapeagents.environment import Environment
-from tapeagents.errors import StoreError
+from tapeagents.errors import LeaseHeld, StoreError
 from tapeagents.orchestrator import Finished, LLMCallMade, StepAppended, run
 from tapeagents.tape import Tape, TapeMetadata
 
@@ -179,10 +182,12 @@ class BatchRun:
                 made = self.env_factory(task)
                 env = await made if inspect.isawaitable(made) else made
             try:
-                await self._drive(tape, env, result)
+                await self._drive_when_free(tape, env, result)
             finally:
                 if self.env_factory is not None and env is not None:
                     await env.aclose()
+        except LeaseHeld as error:  # another live run has the tape: leave it to that run
+            result.status, result.error = "held", str(error)
         except StoreError:
             raise
         except Exception as error:
@@ -198,6 +203,19 @@ class BatchRun:
             await self._record_failure(tape, result.error)
         result.seconds = time.perf_counter() - started
         return result
+
+    async def _drive_when_free(
+        self, tape: Tape[Any, Any], env: Environment | None, result: TaskResult
+    ) -> None:
+        """Run the tape; if another run holds it, wait once for that lease to lapse (a worker
+        that was killed), then try again (`LeaseHeld` if the holder renewed it: it is alive)."""
+        try:
+            await self._drive(tape, env, result)
+        except LeaseHeld as held:
+            if result.steps or result.llm_calls:  # it ran, and another run took the tape over
+                raise
+            await asyncio.sleep(held.expires_in + 0.05)
+            await self._drive(tape, env, result)
 
     async def _drive(
         self, tape: Tape[Any, Any], env: Environment | None, result: TaskResult

@@ -79,12 +79,29 @@ def resume(
     message: Annotated[
         str | None, typer.Option(help="Append this user message before running.")
     ] = None,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            help="Resume even if another run holds the tape (one that was killed less than "
+            "TAPEAGENTS_LEASE_SECONDS ago); a run still alive there then fails.",
+        ),
+    ] = False,
     db: DbOption = None,
 ) -> None:
-    """Continue a stored tape with an agent, printing steps as they are appended."""
+    """Continue a stored tape with an agent, printing steps as they are appended.
+
+    A tape that another run is running is refused (its lease is alive): wait for that run to
+    end, or pass --force for a run you know was killed.
+    """
     agent, env = _agent_and_env(agent_path, env_path)
     with open_store(db) as store:
         full_id = store.resolve_id(tape_id)
+        holder = store.lease_holder(full_id)
+        if holder is not None and not force:  # refused before anything is printed (run checks too)
+            from tapeagents.store.leases import held_error
+
+            raise held_error(holder)
         tape = store.get(full_id)
         made_by = store.summary(full_id).agent
         if made_by and made_by != agent.name:
@@ -99,7 +116,7 @@ def resume(
             console.print(render.step_line(len(tape) - 1, tape.steps[-1]))
         try:
             finished, appended, calls = asyncio.run(
-                _drive(agent, tape, env, max_steps=max_steps, store=store)
+                _drive(agent, tape, env, max_steps=max_steps, store=store, force=force)
             )
         except Exception:
             if isinstance(tape.last, NodeFailure):
@@ -132,6 +149,7 @@ async def _drive(
     *,
     max_steps: int,
     store: TapeStore,
+    force: bool = False,
 ) -> tuple[Finished, int, list[LLMCall]]:
     """Run the agent, printing each step as it is stored.
 
@@ -144,7 +162,7 @@ async def _drive(
     async with AsyncExitStack() as stack:
         if env is not None:
             await stack.enter_async_context(env)
-        async for event in run(agent, tape, env, max_steps=max_steps, store=store):
+        async for event in run(agent, tape, env, max_steps=max_steps, store=store, force=force):
             if isinstance(event, StepAppended):
                 console.print(render.step_line(event.index, event.step))
                 appended += 1

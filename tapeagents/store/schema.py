@@ -16,6 +16,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "annotations",
     "blobs",
+    "leases",
     "llm_calls",
     "metadata",
     "steps",
@@ -23,7 +24,7 @@ __all__ = [
     "tapes",
 ]
 
-SCHEMA_VERSION = "0003"
+SCHEMA_VERSION = "0004"
 """Alembic revision of the schema this code writes."""
 
 metadata = MetaData()
@@ -110,3 +111,16 @@ annotations = Table(
     Column("created_at", Float, nullable=False),
 )
 """A person's judgement of a step (or of the whole tape when `step_index` is NULL)."""
+
+leases = Table(
+    "leases",
+    metadata,
+    Column("tape_id", String(64), primary_key=True),
+    Column("run_id", String(32), nullable=False),
+    Column("host", String(255), nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("acquired_at", Float, nullable=False),
+    Column("expires_at", Float, nullable=False),
+)
+"""The run that holds each running tape (`leases.py`): who it is and when its lease lapses
+unless renewed, in the database's clock. No row, or an expired one: no live run holds the tape."""

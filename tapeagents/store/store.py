@@ -13,6 +13,7 @@ reads its parent's first `prefix_length` steps, so forking a long tape writes on
     reads.py        get, iter_tapes, summaries, LLM calls, the LLM cache
     queries.py      list, count and facets by `TapeFilter` (filters.py)
     lineage.py      fork, ancestors, children, tree, delete
+    leases.py       the lease a run holds on its tape (one live run per tape)
     annotations.py  ratings, labels and comments
     transfer.py     JSONL export and import
     rows.py, blobs.py, schema.py, records.py: rows, long texts, tables, returned records
@@ -22,20 +23,24 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import contextlib
 import os
 import weakref
-from collections.abc import Iterable, Iterator, Mapping, MutableMapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from tapeagents.errors import UsageError
+from sqlalchemy.engine import Connection
+
+from tapeagents.errors import CorruptTapeError, StoreError, UsageError
 from tapeagents.llms.base import LLMCall, LLMOutput
 from tapeagents.steps import Step
 from tapeagents.store import annotations as annotating
-from tapeagents.store import lineage, migrate, queries, reads, transfer, writes
+from tapeagents.store import leases, lineage, migrate, queries, reads, transfer, writes
 from tapeagents.store.engine import Database
 from tapeagents.store.filters import TapeFilter
 from tapeagents.store.group import GroupCommit
+from tapeagents.store.leases import Lease, LeaseHolder
 from tapeagents.store.records import Annotation, TapeSummary, TapeTree
 from tapeagents.tape import Tape, TapeMetadata
 
@@ -53,6 +58,8 @@ class TapeStore:
         url: A SQLAlchemy URL (`sqlite:///tapes.db`, `postgresql+psycopg://user@host/db`) or a
             file path for SQLite. Default: `$TAPEAGENTS_DB`, else `./tapes.db`.
         upgrade: Bring the schema to this version of tapeagents on open (Alembic migrations).
+        lease_seconds: How long a run's lease on its tape outlives the run's last heartbeat (a
+            killed run keeps its tape that long). Default: `$TAPEAGENTS_LEASE_SECONDS`, else 30.
 
     One store can be shared by threads; several processes may append to one database.
 
@@ -64,7 +71,9 @@ class TapeStore:
         True
     """
 
-    def __init__(self, url: str | None = None, *, upgrade: bool = True) -> None:
+    def __init__(
+        self, url: str | None = None, *, upgrade: bool = True, lease_seconds: float | None = None
+    ) -> None:
         url = url or os.environ.get("TAPEAGENTS_DB") or DEFAULT_URL
         if "://" not in url:
             url = f"sqlite:///{url}"
@@ -76,12 +85,20 @@ class TapeStore:
         self.writes_inline = self.database.writes_inline
         """SQLite writes take well under a millisecond: callers in an event loop may make them
         directly rather than through a worker thread."""
+        if lease_seconds is not None and not 0 < lease_seconds < float("inf"):
+            raise UsageError(f"lease_seconds must be a positive number, not {lease_seconds!r}.")
+        self.lease_seconds = lease_seconds or leases.default_ttl()
+        """How long a run's lease outlives its last renewal (see `lease`)."""
         self._groups: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, GroupCommit] = (
             weakref.WeakKeyDictionary()
         )
-        self.database.check_reachable()
-        if upgrade:
-            self.upgrade()
+        try:
+            self.database.check_reachable()
+            if upgrade:
+                self.upgrade()
+        except BaseException:  # a store that cannot be opened keeps no connection open
+            self.engine.dispose()
+            raise
 
     # ------------------------------------------------------------------ schema
 
@@ -141,8 +158,8 @@ class TapeStore:
     ) -> None:
         """Append steps at index `start` (the stored length) in one transaction.
 
-        Raises `StoreError` if the stored tape does not have exactly `start` steps, which means
-        another process appended to it meanwhile.
+        Raises `StoreConflict` (a `StoreError`) if the stored tape does not have exactly
+        `start` steps, which means another process appended to it meanwhile.
         """
         with self.database.write() as connection:
             writes.append_steps(self.database, connection, tape_id, start, new_steps, llm_calls)
@@ -199,6 +216,88 @@ class TapeStore:
             group = self._groups[loop] = GroupCommit(self.database, loop)
         return group
 
+    # ------------------------------------------------------------------ leases
+
+    def lease(self, tape_id: str, *, ttl: float | None = None, force: bool = False) -> Lease:
+        """Take the tape's lease: no other run may run on it until the lease is released or
+        lapses, `ttl` seconds (default `lease_seconds`) after its last `renew`.
+
+        `run(..., store=...)` does this itself (`astart_run`); take a lease by hand to keep
+        runs off a tape while a tool of yours changes it. `with store.lease(id):` releases it.
+
+        Raises:
+            LeaseHeld: A live run holds the tape; the message names it and when its lease
+                expires. `force=True` takes the lease over anyway.
+        """
+        lease = self._new_lease(tape_id, ttl)
+        with self.database.write() as connection:
+            leases.acquire(connection, lease, force=force)
+        return lease
+
+    def lease_holder(self, tape_id: str) -> LeaseHolder | None:
+        """The run holding a live lease on the tape (host, pid, run id, expiry), or None."""
+        with self.database.read() as connection:
+            found = leases.holder(connection, tape_id)
+        return found if found is not None and found.alive else None
+
+    def lease_holders(self, tape_ids: Iterable[str]) -> dict[str, LeaseHolder]:
+        """The runs holding live leases on any of these tapes, by tape id (for listings)."""
+        with self.database.read() as connection:
+            found = leases.holders(connection, tape_ids)
+        return {tape_id: held for tape_id, held in found.items() if held.alive}
+
+    async def astart_run(
+        self, tape: Tape[Any, Any], *, agent: str | None, force: bool = False
+    ) -> tuple[str | None, Lease]:
+        """Take the tape's lease and save it with status "running", in one transaction, then
+        keep the lease alive until `aend_run` (what `run` does when it starts).
+
+        Returns:
+            The tape's stored status before (None: the tape is new; "running": the run before
+            was interrupted) and the lease.
+
+        Raises:
+            LeaseHeld: A live run holds the tape (unless `force`); nothing was written.
+        """
+        lease = self._new_lease(tape.id, None)
+        database = self.database
+
+        def start(connection: Connection) -> str | None:
+            leases.acquire(connection, lease, force=force)
+            return writes.save_tape(
+                database, connection, tape, status="running", agent=agent, llm_calls=()
+            )
+
+        try:
+            before = await self._group().write(start)
+        except asyncio.CancelledError:  # the write committed all the same: give the tape up
+            with contextlib.suppress(StoreError):
+                await lease.arelease()
+            raise
+        lease.keep_alive()
+        return before, lease
+
+    async def aend_run(
+        self, lease: Lease, status: str, *, metadata: TapeMetadata | None = None
+    ) -> None:
+        """Record how the run ended (`set_status`) and release its lease, in one transaction.
+
+        Raises:
+            LeaseHeld: Another run took the tape over meanwhile (`force`); the status was
+                left to that run.
+        """
+        database = self.database
+        await lease.aend(
+            lambda connection: writes.set_status(
+                database, connection, lease.tape_id, status, metadata
+            )
+        )
+
+    def _new_lease(self, tape_id: str, ttl: float | None) -> Lease:
+        if ttl is not None and not 0 < ttl < float("inf"):
+            raise UsageError(f"A lease's ttl must be a positive number of seconds, not {ttl!r}.")
+        return Lease(self.database, lambda: self._group().write, tape_id, ttl or self.lease_seconds)
+
     # ------------------------------------------------------------------ reading
 
     def get(self, tape_id: str) -> Tape[Any, Any]:
@@ -206,14 +305,21 @@ class TapeStore:
         return reads.get(self.database, tape_id)
 
     def iter_tapes(
-        self, tape_ids: Iterable[str] | None = None, *, batch_size: int = 200
+        self,
+        tape_ids: Iterable[str] | None = None,
+        *,
+        batch_size: int = 200,
+        on_unreadable: Callable[[CorruptTapeError], None] | None = None,
     ) -> Iterator[Tape[Any, Any]]:
         """Load tapes in order (all of them by default), `batch_size` tapes per read.
 
         Reading many tapes in one query costs a fraction of a `get` per tape: exporters and
-        evaluations read thousands of tapes a second this way.
+        evaluations read thousands of tapes a second this way. A damaged tape raises
+        `CorruptTapeError` when reached, or is handed to `on_unreadable` and skipped.
         """
-        return reads.iter_tapes(self.database, tape_ids, batch_size=batch_size)
+        return reads.iter_tapes(
+            self.database, tape_ids, batch_size=batch_size, on_unreadable=on_unreadable
+        )
 
     def status(self, tape_id: str) -> str | None:
         """The stored status of a tape, or None if it is not stored."""

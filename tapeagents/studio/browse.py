@@ -114,6 +114,7 @@ def tape_page(request: Request, tape_id: str) -> Response:
         parent=_maybe_summary(store, summary.parent_id),
         live=runs.active(full) or summary.status == "running",
         ours=runs.active(full),
+        lease=store.lease_holder(full) if summary.status == "running" else None,
         run_state=runs.get(full),
         duration=_duration(tape),
     )

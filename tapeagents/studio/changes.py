@@ -89,6 +89,7 @@ async def resume(request: Request, tape_id: str) -> Response:
             form.get("agent", ""),
             message=form.get("message", "").strip() or None,
             max_steps=max_steps,
+            force=form.get("force") == "on",
         )
     except TapeAgentsError as error:
         return studio.redirect(request, f"/tapes/{url_part(full)}", str(error), level="error")

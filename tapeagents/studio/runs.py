@@ -17,7 +17,7 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from tapeagents.errors import UsageError
+from tapeagents.errors import LeaseHeld, UsageError
 from tapeagents.orchestrator import Finished, StepAppended, run
 from tapeagents.steps import UserMessage
 
@@ -90,12 +90,18 @@ class Runs:
         *,
         message: str | None = None,
         max_steps: int = 50,
+        force: bool = False,
     ) -> RunState:
         """Load the agent named `agent_name` and run it on the stored tape in the background.
+
+        `force` takes the tape over from a run elsewhere that holds its lease (one that was
+        killed less than a lease ago; one still alive then fails).
 
         Raises:
             UsageError: The name is unknown, the agent cannot be loaded, or a run of this
                 studio is already working on the tape.
+            LeaseHeld: A run elsewhere (`tapeagents resume`, a batch, another studio) is
+                running the tape, and `force` is False.
         """
         from tapeagents.loading import load_agent
 
@@ -108,6 +114,17 @@ class Runs:
         if self.active(tape_id):
             raise UsageError(
                 f"An agent is already running on tape {tape_id[:8]}; wait for it to finish."
+            )
+        holder = await asyncio.to_thread(self.store.lease_holder, tape_id)
+        if holder is not None and not force:  # refused at once (the run itself checks too)
+            raise LeaseHeld(
+                f"Tape {tape_id[:8]} is being run elsewhere, by {holder.describe()}; its lease "
+                f"expires in {holder.expires_in:.0f} s unless that run renews it. Wait for that "
+                "run to finish (this page shows its steps as they come), or, if it was killed, "
+                'tick "Take over" to resume it now.',
+                tape_id=tape_id,
+                run_id=holder.run_id,
+                expires_in=holder.expires_in,
             )
         previous = self._states.get(tape_id)
         state = self._states[tape_id] = RunState(tape_id=tape_id, agent_name=agent_name)
@@ -122,7 +139,7 @@ class Runs:
             raise
         if message:
             tape.append(UserMessage(content=message))
-        task = asyncio.create_task(self._drive(state, agent, env, tape, max_steps))
+        task = asyncio.create_task(self._drive(state, agent, env, tape, max_steps, force))
         self._tasks[tape_id] = task
         self._notify(tape_id)
         return state
@@ -134,12 +151,13 @@ class Runs:
         env: Environment | None,
         tape: Tape[Any, Any],
         max_steps: int,
+        force: bool = False,
     ) -> None:
         try:
             async with AsyncExitStack() as stack:
                 if env is not None:
                     await stack.enter_async_context(env)
-                events = run(agent, tape, env, max_steps=max_steps, store=self.store)
+                events = run(agent, tape, env, max_steps=max_steps, store=self.store, force=force)
                 async for event in events:
                     if isinstance(event, Finished):
                         state.reason, state.error = event.reason, event.error

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from rich.console import Console
 
-from tapeagents import Agent, Environment, LLMNode
+from tapeagents import Agent, Environment, LLMNode, Tape, TapeMetadata, UserMessage
 from tapeagents.batch import (
     BatchOptions,
     TaskResult,
@@ -160,6 +160,44 @@ async def test_rerun_skips_finished_tapes_and_resumes_interrupted_ones(store: Ta
         ]
     third = await collect(agent, work, store=store, options=BatchOptions(batch_id="r"))
     assert all(r.skipped for r in third)
+
+
+async def test_a_rerun_leaves_tapes_that_live_runs_hold_and_resumes_killed_ones(
+    store: TapeStore,
+) -> None:
+    work = [{"id": "live", "message": "task"}, {"id": "killed", "message": "task"}]
+    ids = {task["id"]: tape_id_for("l", task["id"]) for task in work}
+    for task_id, tape_id in ids.items():  # both cut off after their first step
+        tape = Tape(
+            id=tape_id,
+            steps=[UserMessage(content="task")],
+            metadata=TapeMetadata(task_id=task_id, tags=[batch_tag("l")]),
+        )
+        store.save(tape, status="running", agent="steps")
+    live = store.lease(ids["live"], ttl=0.6)  # another process runs the batch: it renews
+    live.keep_alive()
+    store.lease(ids["killed"], ttl=0.6)  # a killed worker's lease: nobody renews it
+
+    options = BatchOptions(batch_id="l", concurrency=2)
+    results = {
+        r.task_id: r for r in await collect(steps_agent(2), work, store=store, options=options)
+    }
+    held = results["live"]
+    assert held.status == "held" and held.failed and held.steps == 0
+    assert held.error is not None and f"Tape {ids['live']} is being run by pid" in held.error
+    assert store.get(ids["live"]).kinds() == ["user"]  # left alone: no "interrupted" step
+    assert store.status(ids["live"]) == "running"
+    resumed = results["killed"]  # after waiting for its lease to lapse
+    assert resumed.resumed and resumed.status == "stopped" and resumed.steps == 2
+
+    await live.arelease()  # that run ended without finishing the tape (it was stopped)
+    (again,) = [
+        r
+        for r in await collect(steps_agent(2), work, store=store, options=options)
+        if not r.skipped
+    ]
+    assert again.task_id == "live" and again.resumed and again.status == "stopped"
+    assert store.get(ids["live"]).kinds() == ["user", "reasoning", "final_answer"]
 
 
 async def test_cancelling_the_batch_leaves_a_consistent_store(sqlite_store: TapeStore) -> None:

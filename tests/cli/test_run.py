@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import os
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
 import pytest
 
+from tapeagents import LeaseHeld, Tape, UserMessage, run_sync
 from tapeagents.store import TapeStore
+from tests.cli.agents import chat_agent
 from tests.cli.conftest import Invoke, make_invoke
+from tests.store.conftest import postgres_database
 
 CHAT = "tests.cli.agents:chat_agent"
 
@@ -124,3 +133,54 @@ def test_replay_reports_the_first_difference(cli: Invoke, ids: dict[str, str]) -
     assert "replay differs at step 1" in result.stdout
     assert "recorded: tool_call" in result.stdout
     assert "Be terse." in result.stdout  # the prompt diff is in the report
+
+
+# ----------------------------------------------------------------------------- leases
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def any_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[TapeStore, str]]:
+    """An empty store on SQLite and on PostgreSQL (scripts/with-postgres.sh): (store, url)."""
+    urls = [f"sqlite:///{tmp_path / 'tapes.db'}"] if request.param == "sqlite" else None
+    for url in urls or postgres_database():
+        with TapeStore(url) as store:
+            yield store, url
+
+
+def test_resume_refuses_a_tape_that_a_live_run_holds_until_forced(
+    any_store: tuple[TapeStore, str],
+) -> None:
+    store, url = any_store
+    tape = run_sync(chat_agent(), Tape(steps=[UserMessage(content="hello")]), store=store).tape
+    store.set_status(tape.id, "running")
+    elsewhere = store.lease(tape.id)  # a run in another process, alive: it holds the lease
+    cli = make_invoke(url)
+
+    refused = cli("resume", tape.id[:8], "--agent", CHAT, "--message", "and you?")
+    assert refused.exit_code == 2 and "Traceback" not in refused.output
+    error = " ".join(refused.stderr.split())
+    assert f"Tape {tape.id} is being run by pid {os.getpid()} on {socket.gethostname()}" in error
+    assert "its lease expires in" in error and "tapeagents resume --force" in error
+    assert refused.stdout == ""
+    assert store.get(tape.id).kinds() == ["user", "assistant"]  # no false "interrupted"
+    assert store.status(tape.id) == "running"
+
+    forced = cli("resume", tape.id[:8], "--agent", CHAT, "--message", "and you?", "--force")
+    assert forced.exit_code == 0, forced.output
+    assert "echo: and you?" in forced.stdout
+    assert store.get(tape.id).kinds() == ["user", "assistant", "user", "assistant"]
+    assert store.status(tape.id) == "awaiting_input" and store.lease_holder(tape.id) is None
+    with pytest.raises(LeaseHeld, match="took it over"):
+        elsewhere.renew()
+
+
+def test_resume_goes_on_once_a_killed_runs_lease_lapsed(any_store: tuple[TapeStore, str]) -> None:
+    store, url = any_store
+    tape = run_sync(chat_agent(), Tape(steps=[UserMessage(content="hello")]), store=store).tape
+    store.set_status(tape.id, "running")
+    store.lease(tape.id, ttl=0.3)  # its run was killed: nobody renews the lease
+    time.sleep(0.5)
+    result = make_invoke(url)("resume", tape.id, "--agent", CHAT, "--message", "still there?")
+    assert result.exit_code == 0, result.output
+    assert "echo: still there?" in result.stdout
+    assert store.status(tape.id) == "awaiting_input"

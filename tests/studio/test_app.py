@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import socket
 import time
 
+import pytest
 from fastapi.testclient import TestClient
 
-from tapeagents import Tape, UserMessage
+from tapeagents import LeaseHeld, Tape, UserMessage
 from tapeagents.store import TapeStore
 from tapeagents.studio import create_app
 from tests.studio.conftest import AGENTS, csrf_of
@@ -315,9 +318,33 @@ def test_a_tape_left_running_by_another_process_can_be_followed_and_resumed(
     tape = store.fork(tapes["calc"].id, 1)
     store.set_status(tape.id, "running")  # its process was killed
     page = client.get(f"/tapes/{tape.id}").text
-    assert "data-live-src" in page and "marked running by another process" in page
+    assert "data-live-src" in page and "no live run holds it" in page
+    assert 'name="force"' not in page  # nothing to take over
     assert "Resume this tape</button>" in page and "disabled>Resume" not in page
     form = {"agent": "calc", "csrf": csrf_of(client)}
     client.post(f"/tapes/{tape.id}/resume", data=form)
     assert wait_until_done(store, tape.id) == "stopped"
     assert store.get(tape.id)[-1].answer == "5"
+
+
+def test_a_tape_that_a_live_run_elsewhere_holds_is_refused_until_taken_over(
+    client: TestClient, store: TapeStore, tapes
+) -> None:
+    tape = store.fork(tapes["calc"].id, 1)
+    store.set_status(tape.id, "running")
+    elsewhere = store.lease(tape.id)  # a run in another process, alive: it holds the lease
+    page = client.get(f"/tapes/{tape.id}").text
+    assert f"being run elsewhere, by pid {os.getpid()} on {socket.gethostname()}" in page
+    assert 'name="force"' in page and "Take over" in page
+    form = {"agent": "calc", "csrf": csrf_of(client)}
+    refused = client.post(f"/tapes/{tape.id}/resume", data=form).text
+    assert f"Tape {tape.id[:8]} is being run elsewhere, by pid {os.getpid()}" in refused
+    assert "its lease expires in" in refused and "Take over" in refused
+    assert store.get(tape.id).kinds() == ["user"] and store.status(tape.id) == "running"
+
+    client.post(f"/tapes/{tape.id}/resume", data={**form, "force": "on"})
+    assert wait_until_done(store, tape.id) == "stopped"
+    assert store.get(tape.id)[-1].answer == "5"
+    assert store.lease_holder(tape.id) is None
+    with pytest.raises(LeaseHeld, match="took it over"):  # the run elsewhere lost the tape
+        elsewhere.renew()
