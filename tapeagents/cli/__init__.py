@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import typer
 
-from tapeagents.cli import batch, db, miniwob, run, studio, tapes
+from tapeagents.cli import batch, db, miniwob, run, serve, studio, tapes
 from tapeagents.cli import export as export_command
 from tapeagents.cli import finetune as finetune_command
 from tapeagents.cli.common import Group
@@ -29,6 +29,7 @@ app.add_typer(finetune_command.app)
 app.add_typer(run.app)
 app.add_typer(batch.app)
 app.add_typer(studio.app)
+app.add_typer(serve.app)
 app.add_typer(miniwob.app)
 app.add_typer(db.app, name="db", rich_help_panel="Database")
 
