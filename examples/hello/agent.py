@@ -9,14 +9,29 @@ from __future__ import annotations
 import argparse
 import ast
 import operator
+from collections.abc import AsyncIterator
+from typing import Any
 
-from tapeagents import Agent, LLMNode, Tape, ToolEnvironment, UserMessage, run_sync
+from tapeagents import (
+    Agent,
+    AssistantMessage,
+    LLMNode,
+    Node,
+    Tape,
+    ToolCall,
+    ToolEnvironment,
+    ToolResult,
+    UserMessage,
+    run_sync,
+)
 from tapeagents.llms import LLM, resolve_llm
 from tapeagents.render import print_tape
 from tapeagents.store import TapeStore
 
-SYSTEM_PROMPT = """You are a helpful assistant. Answer briefly.
-Use the calculator tool for any arithmetic."""
+COMPUTE_PROMPT = """You are a calculator assistant. Call the calculator with the arithmetic
+expression of the user's question, written with digits and + - * / ** ( ).
+Examples: "What is 15 plus 27?" -> {"expression": "15 + 27"};
+"How much is 120 times 3?" -> {"expression": "120 * 3"}."""
 
 _OPERATORS = {
     ast.Add: operator.add,
@@ -47,11 +62,35 @@ def calculator(expression: str) -> float:
     return evaluate(ast.parse(expression, mode="eval").body)
 
 
+class Answer(Node):
+    """States the calculator's last result (or its error) as the answer to the user."""
+
+    async def generate(self, agent: Agent, tape: Tape[Any, Any]) -> AsyncIterator[AssistantMessage]:
+        calls = {step.call_id: step for step in tape.steps if isinstance(step, ToolCall)}
+        result = next((s for s in reversed(tape.steps) if isinstance(s, ToolResult)), None)
+        if result is None:
+            yield AssistantMessage(content="I could not compute that.")
+            return
+        call = calls.get(result.call_id)
+        expression = call.arguments.get("expression", "?") if call else "?"
+        if result.error:
+            yield AssistantMessage(content=f"The calculator could not compute {expression}.")
+        else:
+            yield AssistantMessage(content=f"{expression} = {result.content}")
+
+
 def make_agent(llm: LLM | str = "local") -> tuple[Agent, ToolEnvironment]:
-    """The hello agent and the environment that runs its calculator."""
+    """The hello agent and the environment that runs its calculator.
+
+    The "compute" node must call the calculator (`tool_choice="required"`: a local model is
+    decoded under a grammar of the call, so the call always parses); the "answer" node states
+    the result.
+    """
     env = ToolEnvironment([calculator])
-    node = LLMNode("chat", system_prompt=SYSTEM_PROMPT, tools=env.tools)
-    return Agent("hello", nodes=[node], llms=resolve_llm(llm)), env
+    compute = LLMNode(
+        "compute", system_prompt=COMPUTE_PROMPT, tools=env.tools, tool_choice="required"
+    )
+    return Agent("hello", nodes=[compute, Answer("answer")], llms=resolve_llm(llm)), env
 
 
 def main(argv: list[str] | None = None) -> Tape:
@@ -68,6 +107,7 @@ def main(argv: list[str] | None = None) -> Tape:
     print(f"Run finished: {result.reason}. The tape is stored in {store.display_url}:")
     print(f"  tapeagents show {result.tape.id[:8]}      # the steps, readably")
     print(f"  tapeagents show {result.tape.id[:8]} --calls  # with the LLM calls behind them")
+    print(f"  tapeagents replay {result.tape.id[:8]}    # re-run it against its recorded LLM calls")
     print("  tapeagents ls                # all stored tapes")
     return result.tape
 

@@ -10,14 +10,21 @@ from tapeagents.llms import LLMOutput, ScriptedLLM, tool_call
 
 
 def test_the_assistant_uses_the_calculator_and_answers() -> None:
-    llm = ScriptedLLM(
-        [LLMOutput(tool_calls=[tool_call("calculator", '{"expression": "12 * 7"}')]), "84."]
-    )
+    llm = ScriptedLLM([LLMOutput(tool_calls=[tool_call("calculator", '{"expression": "12 * 7"}')])])
     agent, env = make_agent(llm)
     result = run_sync(agent, "What is 12 times 7?", env)
     assert result.reason == "awaiting_input"
     assert result.tape.kinds() == ["user", "tool_call", "tool_result", "assistant"]
     assert isinstance(result.tape[2], ToolResult) and result.tape[2].content == "84"
+    assert result.tape[3].content == "12 * 7 = 84"
+
+
+def test_a_calculator_error_is_answered_as_such() -> None:
+    llm = ScriptedLLM([LLMOutput(tool_calls=[tool_call("calculator", '{"expression": "1 / 0"}')])])
+    agent, env = make_agent(llm)
+    result = run_sync(agent, "What is 1 over 0?", env)
+    assert result.tape.kinds() == ["user", "tool_call", "tool_result", "assistant"]
+    assert result.tape[2].error and "could not compute 1 / 0" in result.tape[3].content
 
 
 def test_calculator_is_safe_and_says_what_it_cannot_do() -> None:

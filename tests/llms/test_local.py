@@ -44,7 +44,7 @@ def cache(tmp_path_factory: pytest.TempPathFactory):
 @pytest.fixture(scope="module")
 def llm(cache: Path) -> LocalLLM:
     """The default model, greedy, short answers; converts the GGUF into `cache` on first use."""
-    return LocalLLM(max_new_tokens=8)
+    return LocalLLM(engine="transformers", max_new_tokens=8)
 
 
 async def test_greedy_generation_is_deterministic(llm: LocalLLM) -> None:
@@ -74,7 +74,7 @@ async def test_concurrent_calls_match_sequential_ones(llm: LocalLLM) -> None:
 
 
 async def test_seeded_sampling_is_reproducible(llm: LocalLLM) -> None:
-    sampler = LocalLLM(temperature=1.0, seed=7, max_new_tokens=8)
+    sampler = LocalLLM(engine="transformers", temperature=1.0, seed=7, max_new_tokens=8)
     assert sampler.parameters == {"temperature": 1.0, "max_new_tokens": 8, "seed": 7}
     prompt = Prompt(messages=[{"role": "user", "content": "Tell me a story."}])
     first = await sampler.generate(prompt)
@@ -165,7 +165,7 @@ async def test_tool_traffic_renders_as_text(llm: LocalLLM) -> None:
 async def test_context_overflow_raises(llm: LocalLLM) -> None:
     window = llm._load().context_window
     assert window
-    too_long = LocalLLM(max_new_tokens=window)
+    too_long = LocalLLM(engine="transformers", max_new_tokens=window)
     with pytest.raises(ContextWindowExceeded, match=rf"{window}") as info:
         await too_long.generate(Prompt(messages=QUESTION))
     assert "max_new_tokens" in str(info.value)
@@ -187,20 +187,20 @@ def test_cache_is_written_once_and_reused(
 
     monkeypatch.setattr(weights, "convert_gguf", no_conversion)
     monkeypatch.setattr(weights, "_LOADED_MODELS", weakref.WeakValueDictionary())  # forget them
-    again = LocalLLM()
+    again = LocalLLM(engine="transformers")
     again._load()
     assert again.model_path == str(target)
     assert again._load() is not llm._load()
 
 
 def test_instances_share_one_loaded_model(llm: LocalLLM) -> None:
-    assert LocalLLM(temperature=0.7)._load() is llm._load()
+    assert LocalLLM(engine="transformers", temperature=0.7)._load() is llm._load()
 
 
 async def test_closing_a_stream_early_stops_generation(llm: LocalLLM) -> None:
     from contextlib import aclosing
 
-    long_winded = LocalLLM(max_new_tokens=200)
+    long_winded = LocalLLM(engine="transformers", max_new_tokens=200)
     prompt = Prompt(messages=[{"role": "user", "content": "Write a long essay about the sea."}])
     async with aclosing(long_winded.stream(prompt)) as stream:
         async for item in stream:
@@ -218,18 +218,18 @@ def test_adapter_without_peft_names_the_extra(cache: Path, tmp_path: Path) -> No
     if importlib.util.find_spec("peft") is not None:
         pytest.skip("peft is installed")
     with pytest.raises(UsageError, match=r"tapeagents\[finetune\]"):
-        LocalLLM(adapter=str(tmp_path))._load()
+        LocalLLM(engine="transformers", adapter=str(tmp_path))._load()
 
 
 def test_unknown_model_is_a_usage_error(cache: Path) -> None:
     with pytest.raises(UsageError, match="Unknown local model"):
-        LocalLLM("no/such/model")._load()
+        LocalLLM("no/such/model", engine="transformers")._load()
 
 
 def test_missing_torch_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "torch", None)
     with pytest.raises(UsageError, match=r"tapeagents\[local\]"):
-        LocalLLM()._load()
+        LocalLLM(engine="transformers")._load()
 
 
 def test_import_does_not_load_torch() -> None:

