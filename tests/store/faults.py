@@ -4,7 +4,7 @@
   holds `marker` fails, raised by the database itself. SQLite: a deferred foreign key (with
   `PRAGMA foreign_keys=ON`) that a trigger breaks; SQLite keeps the transaction open after
   such a failed COMMIT, as after a full disk. PostgreSQL: a deferred constraint trigger that
-  raises at COMMIT (a real full disk is out of a test's reach there).
+  raises at COMMIT (a real full disk: a tmpfs tablespace, in test_write_failures.py).
 - `refuse_kind(store, kind)`: inserting a step of `kind` fails at once (a statement error).
 - `refuse_status(store, status)`: recording `status` as a tape's status fails (a statement
   error), so a run's end can be refused while its steps are stored.

@@ -2,15 +2,26 @@
 is refused (a failed COMMIT, text the database cannot hold, a full disk) ends with an error
 step, status "error" and the database's message, reporting no step the store does not hold.
 
-The faults are real database errors (tests/store/faults.py), on SQLite and PostgreSQL.
+The faults are real database errors (tests/store/faults.py; a full PostgreSQL disk is a small
+tmpfs, mounted as root), on SQLite and PostgreSQL.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
+import os
+import random
+import subprocess
+import tempfile
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 
 from tapeagents import (
     Agent,
@@ -32,6 +43,7 @@ from tapeagents.errors import StoreConflict
 from tapeagents.llms import LLMOutput, ScriptedLLM, tool_call
 from tapeagents.store import TapeStore
 from tests.store import faults
+from tests.store.conftest import postgres_database
 
 
 def add(a: int, b: int) -> int:
@@ -235,30 +247,112 @@ async def test_a_refused_observation_answers_its_action_with_an_error(store: Tap
     assert stored.pending_actions() == []  # a resume does not perform it again
 
 
+@contextmanager
+def postgres_small_disk(url: str, size: str) -> Iterator[None]:
+    """PostgreSQL: the database at `url` creates its tables on a tmpfs of `size` (a tablespace
+    that is the database's `default_tablespace`), so that writing fills a real disk and the
+    server fails with "could not extend file ...: No space left on device". WAL stays on the
+    server's own disk. Needs root (to mount) and the server on this machine; skips otherwise."""
+    if os.geteuid() != 0:
+        pytest.skip("a full PostgreSQL disk needs root, to mount a small tmpfs")
+    admin = sa.create_engine(url.rsplit("/", 1)[0] + "/postgres", isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as connection:
+            data = connection.execute(sa.text("SHOW data_directory")).scalar_one()
+        try:
+            owner = os.stat(data)
+        except OSError:
+            pytest.skip(f"the PostgreSQL server's data directory {data} is not on this machine")
+        mount_point = tempfile.mkdtemp(prefix="tapeagents-full-disk-")
+        options = f"size={size},mode=0700,uid={owner.st_uid},gid={owner.st_gid}"
+        mounted = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", options, "tmpfs", mount_point],
+            capture_output=True,
+            text=True,
+        )
+        if mounted.returncode != 0:
+            os.rmdir(mount_point)
+            pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+        space = f"full_disk_{uuid.uuid4().hex[:12]}"
+        database = url.rsplit("/", 1)[1]
+        try:
+            with admin.connect() as connection:
+                connection.execute(sa.text(f"CREATE TABLESPACE {space} LOCATION '{mount_point}'"))
+                connection.execute(
+                    sa.text(f'ALTER DATABASE "{database}" SET default_tablespace = {space}')
+                )
+            yield
+        finally:
+            with admin.connect() as connection:
+                connection.execute(sa.text(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)'))
+                connection.execute(sa.text(f"DROP TABLESPACE IF EXISTS {space}"))
+            subprocess.run(["umount", mount_point], check=True)
+            os.rmdir(mount_point)
+    finally:
+        admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def full_disk_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[TapeStore]:
+    """A store on a disk that fills after a few big steps, with the database's own error.
+    SQLite: a real SQLITE_FULL (`PRAGMA max_page_count`). PostgreSQL: a real ENOSPC, its tables
+    on a 1 MB tmpfs (as root)."""
+    if request.param == "sqlite":
+        store = TapeStore(f"sqlite:///{tmp_path / 'tapes.db'}")
+        faults.fill_disk_at(store, 100)
+        yield store
+        faults.clear(store)
+        store.close()
+        return
+    for url in postgres_database():
+        with postgres_small_disk(url, "1m"):
+            store = TapeStore(url)
+            try:
+                yield store
+            finally:
+                store.close()
+
+
+def disk_full_error(store: TapeStore) -> str:
+    """What the database says when its disk is full."""
+    if store.engine.dialect.name == "sqlite":
+        return "database or disk is full"
+    return "No space left on device"
+
+
+@pytest.mark.parametrize("write_behind", [False, True], ids=["committed", "write_behind"])
 async def test_a_full_disk_ends_the_run_with_an_error_step(
-    store: TapeStore, store_url: str
+    full_disk_store: TapeStore, write_behind: bool
 ) -> None:
-    """SQLite with a real SQLITE_FULL (`PRAGMA max_page_count`); every reported step is
-    stored, and the failure step too when it still fits."""
-    if not store_url.startswith("sqlite"):
-        pytest.skip("a real full disk is out of reach on PostgreSQL; see the COMMIT failures")
-    faults.fill_disk_at(store, 12)
+    """The disk fills up during a run (a real SQLITE_FULL, a real ENOSPC on PostgreSQL): the
+    run ends, without hanging, with status "error" and the database's message, every reported
+    step is stored, and the failure step too when it still fits. The texts are random, so that
+    neither deduplication nor compression keeps them off the disk."""
+    store = full_disk_store
+    rng = random.Random(14)
     big = [
-        thought_and_call(f"Thought {i}: " + f"{i:04d} words " * 300, "add", {"a": i, "b": 1})
+        thought_and_call(
+            f"Thought {i}: " + base64.b64encode(rng.randbytes(48_000)).decode(),
+            "add",
+            {"a": i, "b": 1},
+        )
         for i in range(60)
     ]
     tape = Tape(steps=[UserMessage(content="fill it")])
-    finished, appended = await drain(answers_agent(*big, FINAL), tape, store)
+    finished, appended = await drain(
+        answers_agent(*big, FINAL), tape, store, write_behind=write_behind
+    )
     assert finished.reason == "error"
-    assert finished.error is not None and "database or disk is full" in finished.error
+    assert finished.error is not None and disk_full_error(store) in finished.error
     assert "another process" not in finished.error
-    assert_reported_steps_are_stored(store, tape.id, appended)
+    assert appended, "the disk filled before the first answer: nothing was tried"
+    if not write_behind:  # written behind, steps are reported before they commit (by design)
+        assert_reported_steps_are_stored(store, tape.id, appended)
     stored = store.get(tape.id)
     assert stored.steps == finished.tape.steps[: len(stored)]
     assert len(stored) >= len(finished.tape) - 1  # the failure step itself may not fit
     assert isinstance(finished.tape.last, StoreFailure | ErrorObservation)
     assert store.status(tape.id) == "error"  # an UPDATE in place still fits
-    faults.clear(store)
     if len(stored) < len(finished.tape):
         assert "not stored either" in finished.error
 
