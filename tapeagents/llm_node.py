@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from typing import Any, Literal
 
 from pydantic import ValidationError
+from pydantic_core import to_jsonable_python
 
 from tapeagents.agent import Agent, Node, NodeOutput
 from tapeagents.environment import ToolSpec
@@ -67,6 +68,14 @@ class LLMNode(Node):
             default), "required" (the answer must call a tool or emit a step type; local models
             are then decoded under a grammar of the offered tools, so the call always parses),
             "none", or one tool's name.
+        structured: In JSON mode, send with the prompt a `response_format` JSON schema of
+            exactly the answers the node accepts (`response_schema`): a list of the offered
+            steps, each written as `inverse` writes it. Local models are then decoded under
+            that schema's grammar, so every answer parses; hosted backends get the schema as
+            structured output. Off by default: it changes the request (and its id).
+        max_answer_steps: With `structured`, the most steps one answer may hold (None: any
+            number). A small model may otherwise repeat a step until its token budget ends
+            mid-step; 1 or 2 keeps its answers short and complete.
     """
 
     def __init__(
@@ -80,6 +89,8 @@ class LLMNode(Node):
         mode: Literal["tools", "json"] = "tools",
         text_step: type[Step] | None = None,
         tool_choice: Literal["auto", "required", "none"] | str = "auto",
+        structured: bool = False,
+        max_answer_steps: int | None = None,
     ) -> None:
         super().__init__(name)
         self.system_prompt = system_prompt
@@ -109,7 +120,19 @@ class LLMNode(Node):
                 f"tool_choice {tool_choice!r} is not one of {sorted(choices)}: use 'auto', "
                 "'required', 'none' or the name of one of the node's tools or step kinds."
             )
+        if structured and mode != "json":
+            raise UsageError(
+                "structured=True is for mode='json'; in tools mode use tool_choice='required' "
+                "to decode local models under a grammar of the tools."
+            )
+        if max_answer_steps is not None and (not structured or max_answer_steps < 1):
+            raise UsageError(
+                f"max_answer_steps={max_answer_steps} needs structured=True and at least 1 step."
+            )
+        self.structured = structured
+        self.max_answer_steps = max_answer_steps
         self._schema_cache: list[dict[str, Any]] | None = None
+        self._response_cache: dict[str, Any] | None = None
 
     # --------------------------------------------------------------------- prompt
 
@@ -156,11 +179,49 @@ class LLMNode(Node):
             + "\n".join(formats)
         )
 
+    def response_schema(self) -> dict[str, Any]:
+        """The JSON-mode answers this node accepts, as an OpenAI `response_format`.
+
+        A non-empty JSON array whose items are the offered step types (`kind` first, then
+        every field the step writes, in declaration order, all present) and tool calls
+        (`{"kind": "tool_call", "name": ..., "arguments": ...}` with the tool's parameters
+        schema): the shape `inverse` writes, so a model decoded under it writes what exported
+        training examples show.
+        """
+        if self._response_cache is None:
+            defs: dict[str, Any] = {}
+            options = [
+                _step_item_schema(cls, defs)
+                for cls in ([self.text_step] if self.text_step else [])
+                + list(self.step_types.values())
+                if cls is not ToolCall
+            ]
+            options += [_tool_item_schema(tool, defs) for tool in self.tools]
+            if not options:
+                raise UsageError(
+                    f"Node {self.name!r} offers no step types or tools to answer with."
+                )
+            schema: dict[str, Any] = {"type": "array", "items": {"anyOf": options}, "minItems": 1}
+            if self.max_answer_steps is not None:
+                schema["maxItems"] = self.max_answer_steps
+            if defs:
+                schema["$defs"] = defs
+            self._response_cache = {
+                "type": "json_schema",
+                "json_schema": {"name": "steps", "schema": schema},
+            }
+        return self._response_cache
+
     def make_prompt(self, agent: Agent, tape: Tape[Any, Any]) -> Prompt:
         """The exact request this node sends for `tape`."""
         messages = self.system_messages(agent, tape) + self.tape_messages(tape)
         tools = self.prompt_tools()
-        return Prompt(messages=messages, tools=tools, tool_choice=self._tool_choice(tools))
+        return Prompt(
+            messages=messages,
+            tools=tools,
+            tool_choice=self._tool_choice(tools),
+            response_format=self.response_schema() if self.structured else None,
+        )
 
     def _tool_choice(self, tools: list[dict[str, Any]] | None) -> str | dict[str, Any] | None:
         """The prompt's `tool_choice`: None for "auto" (every API's default, and it keeps the
@@ -359,7 +420,9 @@ class LLMNode(Node):
                     )
                 else:
                     items.append({"kind": step.kind, **step.llm_dict()})
-            return LLMOutput(content=json.dumps(items, ensure_ascii=False))
+            return LLMOutput(
+                content=json.dumps(items, ensure_ascii=False, default=to_jsonable_python)
+            )
         texts: list[str] = []
         calls: list[ToolCallRequest] = []
         for step in steps:
@@ -379,7 +442,9 @@ class LLMNode(Node):
                         id=step.metadata.extra.get("tool_call_id")
                         or f"call_{step.metadata.id[:24]}",
                         name=step.kind,
-                        arguments=json.dumps(step.llm_dict(), ensure_ascii=False),
+                        arguments=json.dumps(
+                            step.llm_dict(), ensure_ascii=False, default=to_jsonable_python
+                        ),
                     )
                 )
         return LLMOutput(content="\n\n".join(texts) if texts else None, tool_calls=calls)
@@ -519,3 +584,93 @@ def _example_fields(cls: type[Step]) -> dict[str, Any]:
         for name, field in cls.model_fields.items()
         if name not in ("kind", "metadata")
     }
+
+
+def _written_fields(cls: type[Step]) -> list[str]:
+    """The fields `Step.llm_dict` writes for `cls`, in order (what the model writes in JSON)."""
+    skipped = {"kind", "metadata"} | ({"action_id"} if issubclass(cls, Observation) else set())
+    return [
+        name
+        for name, field in cls.model_fields.items()
+        if name not in skipped and not field.exclude
+    ]
+
+
+def _step_item_schema(cls: type[Step], defs: dict[str, Any]) -> dict[str, Any]:
+    """One step type as `inverse` writes it: `kind`, then every written field."""
+    schema = cls.model_json_schema()
+    fields = schema.get("properties", {})
+    properties: dict[str, Any] = {"kind": {"const": cls.model_fields["kind"].default}}
+    for name in _written_fields(cls):
+        properties[name] = {k: v for k, v in fields.get(name, {}).items() if k != "title"}
+    item = {
+        "type": "object",
+        "properties": properties,
+        "required": list(properties),
+        "additionalProperties": False,
+    }
+    return _hoist_defs(item, schema.get("$defs", {}), defs, cls.__name__)
+
+
+def _tool_item_schema(tool: ToolSpec, defs: dict[str, Any]) -> dict[str, Any]:
+    """A call of `tool` as `inverse` writes it: `kind`, `name`, then the arguments."""
+    parameters = {k: v for k, v in tool.parameters.items() if k != "$defs"}
+    item = {
+        "type": "object",
+        "properties": {
+            "kind": {"const": "tool_call"},
+            "name": {"const": tool.name},
+            "arguments": parameters or {"type": "object"},
+        },
+        "required": ["kind", "name", "arguments"],
+        "additionalProperties": False,
+    }
+    return _hoist_defs(item, tool.parameters.get("$defs", {}), defs, tool.name)
+
+
+def _hoist_defs(
+    item: dict[str, Any], local: Mapping[str, Any], defs: dict[str, Any], owner: str
+) -> dict[str, Any]:
+    """Move the definitions `item` refers to into the shared `defs` (a JSON schema resolves
+    `#/$defs/...` from its root), renaming any that clash with a different one there."""
+    needed: list[str] = []
+    todo = _refs(item)
+    while todo:
+        name = todo.pop()
+        if name in local and name not in needed:
+            needed.append(name)
+            todo += _refs(local[name])
+    renames = {
+        name: f"{owner}.{name}" for name in needed if name in defs and defs[name] != local[name]
+    }
+    for name in needed:
+        defs[renames.get(name, name)] = _renamed(local[name], renames)
+    result: dict[str, Any] = _renamed(item, renames)
+    return result
+
+
+def _refs(value: Any) -> list[str]:
+    """The `$defs` names that `$ref`s in `value` point at."""
+    if isinstance(value, dict):
+        found = [
+            ref[len("#/$defs/") :]
+            for ref in [value.get("$ref")]
+            if isinstance(ref, str) and ref.startswith("#/$defs/")
+        ]
+        return found + [name for v in value.values() for name in _refs(v)]
+    if isinstance(value, list):
+        return [name for v in value for name in _refs(v)]
+    return []
+
+
+def _renamed(value: Any, renames: Mapping[str, str]) -> Any:
+    """`value` with its `$ref`s to renamed definitions updated."""
+    if isinstance(value, dict):
+        out = {k: _renamed(v, renames) for k, v in value.items()}
+        ref = value.get("$ref")
+        if isinstance(ref, str) and ref.startswith("#/$defs/") and ref[8:] in renames:
+            out["$ref"] = "#/$defs/" + renames[ref[8:]]
+        return out
+    if isinstance(value, list):
+        return [_renamed(v, renames) for v in value]
+    return value

@@ -165,23 +165,40 @@ class CompactNode(LLMNode):
     """One JSON action per turn from a few-line prompt: small models can learn this.
 
     It parses and inverts exactly like a JSON-mode `LLMNode` with the form actions and
-    `FinalAnswer`; only the prompt differs (`compact_messages`).
+    `FinalAnswer`; only the prompt differs (`compact_messages`). With `structured=True` the
+    request also carries the node's `response_schema` (one action per answer), so a local
+    model writes only actions that parse, in the exact form of the expert's training examples.
     """
 
-    def __init__(self, name: str = "act", *, llm: str = "default") -> None:
-        super().__init__(name, steps=(*ASSISTANT_ACTIONS, FinalAnswer), llm=llm, mode="json")
+    def __init__(
+        self, name: str = "act", *, llm: str = "default", structured: bool = False
+    ) -> None:
+        super().__init__(
+            name,
+            steps=(*ASSISTANT_ACTIONS, FinalAnswer),
+            llm=llm,
+            mode="json",
+            structured=structured,
+            max_answer_steps=1 if structured else None,
+        )
 
     def make_prompt(self, agent: Agent, tape: Tape[Any, Any]) -> Prompt:
-        return Prompt(messages=compact_messages(tape))
+        return Prompt(
+            messages=compact_messages(tape),
+            response_format=self.response_schema() if self.structured else None,
+        )
 
 
-def student_agent(llm: LLM | str = "local", *, name: str = "student") -> Agent:
+def student_agent(
+    llm: LLM | str = "local", *, name: str = "student", structured: bool = False
+) -> Agent:
     """The compact student: one `CompactNode` on `llm` (default: the local SmolLM2-135M).
 
     Give two students (say, the base model and a fine-tuned one) different names to tell
-    their tapes apart in a store.
+    their tapes apart in a store. With `structured=True` the model answers under the
+    schema of the student's actions (see `CompactNode`): every answer parses.
     """
-    return Agent(name, nodes=[CompactNode("act")], llms=llm)
+    return Agent(name, nodes=[CompactNode("act", structured=structured)], llms=llm)
 
 
 # ----------------------------------------------------------------------------- expert

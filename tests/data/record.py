@@ -23,10 +23,13 @@ RECORDED = Path(__file__).with_name("recorded.db")
 """The committed store of recorded sessions."""
 
 
-def calculate(expression: str, answer: str) -> list[LLMOutput | str]:
-    """A scripted model's two answers: call the calculator, then say the result."""
-    call = tool_call("calculator", f'{{"expression": "{expression}"}}', id=f"call_{len(answer)}")
-    return [LLMOutput(tool_calls=[call]), answer]
+def calculate(expression: str) -> list[LLMOutput | str]:
+    """A scripted model's answer: call the calculator (the agent's answer node states the
+    result without the model)."""
+    call = tool_call(
+        "calculator", f'{{"expression": "{expression}"}}', id=f"call_{len(expression)}"
+    )
+    return [LLMOutput(tool_calls=[call])]
 
 
 def record(path: Path = RECORDED) -> list[str]:
@@ -36,9 +39,7 @@ def record(path: Path = RECORDED) -> list[str]:
     ids = []
     try:
         # A question answered with the tool, then a follow-up on the same tape.
-        agent, env = make_agent(
-            ScriptedLLM(calculate("12 * 7", "12 times 7 is 84.") + calculate("84 / 4", "21."))
-        )
+        agent, env = make_agent(ScriptedLLM(calculate("12 * 7") + calculate("84 / 4")))
         tape = Tape(id="hello-calculator", steps=[UserMessage(content="What is 12 times 7?")])
         result = run_sync(agent, tape, env, max_steps=10, store=store)
         result.tape.append(UserMessage(content="And that divided by 4?"))

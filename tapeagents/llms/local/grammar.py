@@ -8,7 +8,11 @@ generates under a grammar is then token for token what the exporter reproduces.
 
 JSON schemas are supported as tools and structured outputs use them: objects (properties in
 schema order; required ones always, optional ones may be left out), arrays, strings, integers,
-numbers, booleans, null, `const`, `enum`, `anyOf`/`oneOf`, type lists, and `$ref` into `$defs`.
+numbers, booleans, null, `const`, `enum`, `anyOf`/`oneOf`, type lists, and `$ref` into `$defs`;
+maps (`additionalProperties` with a schema, as pydantic writes `dict[str, int]`), objects that
+allow no property at all, fixed-length tuples (`prefixItems`), and `minItems` (at least one)
+and `maxItems` of arrays. Annotations (`title`, `description`, `default`) are ignored.
+
 A string `pattern` made of one character class repeated (`^[0-9+*/ ().-]+$`) is enforced;
 other keywords that constrain further (other patterns, `minimum`, `maxLength`...) are not: the
 value still parses, and the tool validates it.
@@ -123,10 +127,18 @@ class _Builder:
         if kind == "object" or (kind is None and "properties" in schema):
             return self._object(schema, hint)
         if kind == "array":
+            prefix = schema.get("prefixItems")
+            if prefix and schema.get("maxItems") == len(prefix) and not schema.get("items"):
+                parts = [self.rule_for(item, f"{hint}-{i}") for i, item in enumerate(prefix)]
+                return self._named(hint, '"[" ' + ' ", " '.join(parts) + ' "]"')
             items = self.rule_for(schema.get("items", True), f"{hint}-item")
+            most = schema.get("maxItems")
+            if most == 0:
+                return _literal("[]")
+            more = "*" if most is None else f"{{0,{most - 1}}}"
             if schema.get("minItems", 0) >= 1:
-                return self._named(hint, f'"[" {items} ( ", " {items} )* "]"')
-            return self._named(hint, f'"[" ( {items} ( ", " {items} )* )? "]"')
+                return self._named(hint, f'"[" {items} ( ", " {items} ){more} "]"')
+            return self._named(hint, f'"[" ( {items} ( ", " {items} ){more} )? "]"')
         if kind == "string" and (pattern := _class_pattern(schema.get("pattern"))):
             return self._named(hint, pattern)
         if kind in ("string", "integer", "number", "boolean", "null"):
@@ -149,6 +161,12 @@ class _Builder:
     def _object(self, schema: Mapping[str, Any], hint: str) -> str:
         properties: Mapping[str, Any] = schema.get("properties") or {}
         if not properties:
+            extra = schema.get("additionalProperties", True)
+            if extra is False:
+                return _literal("{}")
+            if isinstance(extra, Mapping) and extra:  # a map: any keys, values of one schema
+                pair = f'{self.base("string")} ": " {self.rule_for(extra, f"{hint}-value")}'
+                return self._named(hint, f'"{{" ( {pair} ( ", " {pair} )* )? "}}"')
             return self.base("object")
         required = set(schema.get("required", []))
         pairs = [
