@@ -39,6 +39,9 @@ from tapeagents.llms.local.weights import (
 
 Engine = Literal["auto", "llama.cpp", "transformers"]
 
+_TOKENIZERS: dict[Path, LoadedModel] = {}
+"""Tokenizers loaded without weights, by directory (guarded by `LOAD_LOCK`)."""
+
 __all__ = ["LocalLLM"]
 
 
@@ -296,18 +299,21 @@ class LocalLLM(LLM):
         with LOAD_LOCK:
             if self._tokenizer_only is None:
                 import_backend()  # a missing install is named before anything else
-                self._tokenizer_only = load_tokenizer(tokenizer_dir(self.model))
+                path = tokenizer_dir(self.model)
+                if path not in _TOKENIZERS:  # shared: a new instance per setting stays cheap
+                    _TOKENIZERS[path] = load_tokenizer(path)
+                self._tokenizer_only = _TOKENIZERS[path]
             return self._tokenizer_only
 
     def _engine(self) -> LlamaEngine:
         """The shared llama.cpp engine of this model and adapter (started on first use)."""
         if self._llama is None:
+            gguf = gguf_file(self.model)
             lora = None
             if self.adapter is not None:
                 from tapeagents.llms.local.lora import gguf_adapter
 
-                lora = gguf_adapter(Path(self.adapter).expanduser(), gguf_file(self.model))
-            gguf = gguf_file(self.model)
+                lora = gguf_adapter(Path(self.adapter).expanduser(), gguf)
             weights = gguf if self.quantized else f16_weights(gguf)
             self._llama = shared_engine(weights, lora, threads=available_cores())
         return self._llama
