@@ -67,8 +67,10 @@ def list_tapes(
                 f"{'' if pages == 1 else 's'} of {limit}."
             )
         summaries = store.list(filters, limit=limit, offset=(page - 1) * limit)
+        running = [s.id for s in summaries if s.status == "running"]
+        holders = store.lease_holders(running) if running else {}
     console = out()
-    console.print(render.list_table(summaries))
+    console.print(render.list_table(summaries, holders))
     console.print(f"page {page} of {pages} ({total} tape{'' if total == 1 else 's'})")
 
 
@@ -97,9 +99,12 @@ def show(
         summary = store.summary(full_id)
         ancestors = store.ancestors(full_id)
         children = store.children(full_id)
+        holders = store.lease_holders([full_id]) if summary.status == "running" else {}
     console = out()
     console.print(
-        render.header_table(summary, tape, ancestors=ancestors, children=children, full=full)
+        render.header_table(
+            summary, tape, ancestors=ancestors, children=children, full=full, holders=holders
+        )
     )
     console.print()
     width = None if full else render.STEP_WIDTH

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from tapeagents.llms.base import LLMCall
     from tapeagents.steps import Step
     from tapeagents.store import TapeSummary
+    from tapeagents.store.leases import LeaseHolder
     from tapeagents.tape import Tape
 
 __all__ = [
@@ -111,12 +112,19 @@ def status_style(status: str) -> str:
     }.get(status, "white")
 
 
-def _status(status: str) -> str:
-    return f"[{status_style(status)}]{_safe(status)}[/]"
+def _status(status: str, holder: LeaseHolder | None = None, *, known: bool = False) -> str:
+    """The status; a "running" tape says whether a live run holds it (when `known`)."""
+    text = status
+    if status == "running" and known:
+        text = f"running (live: pid {holder.pid} on {holder.host})" if holder else "interrupted"
+    return f"[{status_style(status)}]{_safe(text)}[/]"
 
 
-def list_table(summaries: Sequence[TapeSummary]) -> Table:
-    """The tapes of `tapeagents ls`, one row each."""
+def list_table(
+    summaries: Sequence[TapeSummary], holders: Mapping[str, LeaseHolder] | None = None
+) -> Table:
+    """The tapes of `tapeagents ls`, one row each; with `holders` (live leases by tape id), a
+    "running" tape shows whether its run is alive or was interrupted."""
     table = Table(show_lines=False, expand=False)
     table.add_column("id", style="bold", no_wrap=True)
     table.add_column("agent")
@@ -130,7 +138,7 @@ def list_table(summaries: Sequence[TapeSummary]) -> Table:
         table.add_row(
             _safe(short_id(s.id)),
             _safe(s.agent or ""),
-            _status(s.status),
+            _status(s.status, (holders or {}).get(s.id), known=holders is not None),
             str(s.length),
             local_time(s.created_at),
             _safe(", ".join(s.tags)),
@@ -146,8 +154,10 @@ def header_table(
     ancestors: Sequence[TapeSummary],
     children: Sequence[TapeSummary],
     full: bool,
+    holders: Mapping[str, LeaseHolder] | None = None,
 ) -> Table:
-    """The tape's header for `tapeagents show`: who made it, how it ended, its lineage, result."""
+    """The tape's header for `tapeagents show`: who made it, how it ended, its lineage, result
+    (with `holders`, whether a "running" tape's run is alive)."""
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="dim", no_wrap=True)
     grid.add_column(overflow="fold")
@@ -155,7 +165,8 @@ def header_table(
     grid.add_row("agent", _safe(summary.agent or "-"))
     if summary.author and summary.author != summary.agent:
         grid.add_row("author", _safe(summary.author))
-    grid.add_row("status", _status(summary.status))
+    holder = (holders or {}).get(summary.id)
+    grid.add_row("status", _status(summary.status, holder, known=holders is not None))
     grid.add_row("steps", str(summary.length))
     grid.add_row("created", local_time(summary.created_at))
     grid.add_row("updated", local_time(summary.updated_at))

@@ -190,3 +190,21 @@ def test_export_then_import_into_a_fresh_store(
 def test_import_of_a_missing_file(tmp_path: Path) -> None:
     result = make_invoke(str(tmp_path / "t.db"))("import", str(tmp_path / "none.jsonl"))
     assert result.exit_code == 2 and "does not exist" in result.output
+
+
+def test_ls_and_show_tell_a_live_run_from_an_interrupted_one(
+    fresh: tuple[str, dict[str, str]],
+) -> None:
+    import os
+
+    url, ids = fresh
+    cli = make_invoke(url)
+    with TapeStore(url) as store:
+        store.set_status(ids["hello"], "running")
+        store.set_status(ids["bye"], "running")
+        with store.lease(ids["hello"], ttl=60):  # a live run holds "hello"; "bye" was killed
+            listed = {line.split("│")[1].strip(): line for line in rows(cli("ls").output)}
+            assert f"running (live: pid {os.getpid()}" in listed[ids["hello"][:8]]
+            assert "interrupted" in listed[ids["bye"][:8]]
+            assert f"live: pid {os.getpid()}" in cli("show", ids["hello"]).output
+        assert "interrupted" in cli("show", ids["hello"]).output  # released: nobody holds it
