@@ -46,7 +46,7 @@ class Item(BaseModel):
 class Plan(Thought):
     """A plan with typed fields of every sort pydantic describes with `$defs` and `anyOf`."""
 
-    kind: Literal["plan"] = "plan"
+    kind: Literal["typed_plan"] = "typed_plan"
     items: list[Item]
     """What to do, in order."""
     priority: int = 1
@@ -141,7 +141,14 @@ def test_the_request_carries_the_schema_and_a_scripted_model_still_works() -> No
     assert schema["type"] == "json_schema" and schema["json_schema"]["name"] == "steps"
     items = schema["json_schema"]["schema"]["items"]["anyOf"]
     kinds = [item["properties"]["kind"]["const"] for item in items]
-    assert kinds == ["assistant", "plan", "reasoning", "final_answer", "tool_call", "tool_call"]
+    assert kinds == [
+        "assistant",
+        "typed_plan",
+        "reasoning",
+        "final_answer",
+        "tool_call",
+        "tool_call",
+    ]
     assert [item["properties"]["name"]["const"] for item in items[-2:]] == ["add", "quote"]
     assert list(items[1]["properties"]) == ["kind", "items", "priority", "owner", "weights"]
     assert items[1]["required"] == ["kind", "items", "priority", "owner", "weights"]
