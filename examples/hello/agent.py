@@ -107,7 +107,10 @@ def main(argv: list[str] | None = None) -> Tape:
     print(f"Run finished: {result.reason}. The tape is stored in {store.display_url}:")
     print(f"  tapeagents show {result.tape.id[:8]}      # the steps, readably")
     print(f"  tapeagents show {result.tape.id[:8]} --calls  # with the LLM calls behind them")
-    print(f"  tapeagents replay {result.tape.id[:8]}    # re-run it against its recorded LLM calls")
+    print(
+        f"  tapeagents replay {result.tape.id[:8]} --agent examples.hello.agent:make_agent"
+        "  # re-run it against its recorded LLM calls"
+    )
     print("  tapeagents ls                # all stored tapes")
     return result.tape
 

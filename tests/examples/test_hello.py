@@ -40,6 +40,12 @@ def test_main_prints_and_stores_the_tape(capsys: pytest.CaptureFixture[str], tmp
     assert tape.kinds() == ["user", "assistant"]
     assert "What is 1 + 1?" in out and "Run finished: awaiting_input" in out
     assert f"tapeagents show {tape.id[:8]}" in out
+    # the replay command it prints works as printed
+    from tests.cli.conftest import make_invoke
+
+    line = next(line for line in out.splitlines() if "tapeagents replay" in line)
+    replayed = make_invoke(db)(*line.split("#")[0].split()[1:])
+    assert replayed.exit_code == 0 and "replay passed" in replayed.output, replayed.output
     from tapeagents.store import TapeStore
 
     assert TapeStore(db).get(tape.id).model_dump_json() == tape.model_dump_json()
