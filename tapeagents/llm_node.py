@@ -16,6 +16,7 @@ from pydantic import ValidationError
 from pydantic_core import to_jsonable_python
 
 from tapeagents.agent import Agent, Node, NodeOutput
+from tapeagents.answer_schema import steps_response_format
 from tapeagents.environment import ToolSpec
 from tapeagents.errors import LLMError, UsageError
 from tapeagents.llms import LLMCall, LLMOutput, Prompt, ToolCallRequest
@@ -189,27 +190,15 @@ class LLMNode(Node):
         training examples show.
         """
         if self._response_cache is None:
-            defs: dict[str, Any] = {}
-            options = [
-                _step_item_schema(cls, defs)
-                for cls in ([self.text_step] if self.text_step else [])
-                + list(self.step_types.values())
-                if cls is not ToolCall
-            ]
-            options += [_tool_item_schema(tool, defs) for tool in self.tools]
-            if not options:
+            step_types = [self.text_step] if self.text_step else []
+            step_types += [cls for cls in self.step_types.values() if cls is not ToolCall]
+            if not step_types and not self.tools:
                 raise UsageError(
                     f"Node {self.name!r} offers no step types or tools to answer with."
                 )
-            schema: dict[str, Any] = {"type": "array", "items": {"anyOf": options}, "minItems": 1}
-            if self.max_answer_steps is not None:
-                schema["maxItems"] = self.max_answer_steps
-            if defs:
-                schema["$defs"] = defs
-            self._response_cache = {
-                "type": "json_schema",
-                "json_schema": {"name": "steps", "schema": schema},
-            }
+            self._response_cache = steps_response_format(
+                step_types, self.tools, max_items=self.max_answer_steps
+            )
         return self._response_cache
 
     def make_prompt(self, agent: Agent, tape: Tape[Any, Any]) -> Prompt:
@@ -584,93 +573,3 @@ def _example_fields(cls: type[Step]) -> dict[str, Any]:
         for name, field in cls.model_fields.items()
         if name not in ("kind", "metadata")
     }
-
-
-def _written_fields(cls: type[Step]) -> list[str]:
-    """The fields `Step.llm_dict` writes for `cls`, in order (what the model writes in JSON)."""
-    skipped = {"kind", "metadata"} | ({"action_id"} if issubclass(cls, Observation) else set())
-    return [
-        name
-        for name, field in cls.model_fields.items()
-        if name not in skipped and not field.exclude
-    ]
-
-
-def _step_item_schema(cls: type[Step], defs: dict[str, Any]) -> dict[str, Any]:
-    """One step type as `inverse` writes it: `kind`, then every written field."""
-    schema = cls.model_json_schema()
-    fields = schema.get("properties", {})
-    properties: dict[str, Any] = {"kind": {"const": cls.model_fields["kind"].default}}
-    for name in _written_fields(cls):
-        properties[name] = {k: v for k, v in fields.get(name, {}).items() if k != "title"}
-    item = {
-        "type": "object",
-        "properties": properties,
-        "required": list(properties),
-        "additionalProperties": False,
-    }
-    return _hoist_defs(item, schema.get("$defs", {}), defs, cls.__name__)
-
-
-def _tool_item_schema(tool: ToolSpec, defs: dict[str, Any]) -> dict[str, Any]:
-    """A call of `tool` as `inverse` writes it: `kind`, `name`, then the arguments."""
-    parameters = {k: v for k, v in tool.parameters.items() if k != "$defs"}
-    item = {
-        "type": "object",
-        "properties": {
-            "kind": {"const": "tool_call"},
-            "name": {"const": tool.name},
-            "arguments": parameters or {"type": "object"},
-        },
-        "required": ["kind", "name", "arguments"],
-        "additionalProperties": False,
-    }
-    return _hoist_defs(item, tool.parameters.get("$defs", {}), defs, tool.name)
-
-
-def _hoist_defs(
-    item: dict[str, Any], local: Mapping[str, Any], defs: dict[str, Any], owner: str
-) -> dict[str, Any]:
-    """Move the definitions `item` refers to into the shared `defs` (a JSON schema resolves
-    `#/$defs/...` from its root), renaming any that clash with a different one there."""
-    needed: list[str] = []
-    todo = _refs(item)
-    while todo:
-        name = todo.pop()
-        if name in local and name not in needed:
-            needed.append(name)
-            todo += _refs(local[name])
-    renames = {
-        name: f"{owner}.{name}" for name in needed if name in defs and defs[name] != local[name]
-    }
-    for name in needed:
-        defs[renames.get(name, name)] = _renamed(local[name], renames)
-    result: dict[str, Any] = _renamed(item, renames)
-    return result
-
-
-def _refs(value: Any) -> list[str]:
-    """The `$defs` names that `$ref`s in `value` point at."""
-    if isinstance(value, dict):
-        found = [
-            ref[len("#/$defs/") :]
-            for ref in [value.get("$ref")]
-            if isinstance(ref, str) and ref.startswith("#/$defs/")
-        ]
-        return found + [name for v in value.values() for name in _refs(v)]
-    if isinstance(value, list):
-        return [name for v in value for name in _refs(v)]
-    return []
-
-
-def _renamed(value: Any, renames: Mapping[str, str]) -> Any:
-    """`value` with its `$ref`s to renamed definitions updated."""
-    if isinstance(value, dict):
-        out = {k: _renamed(v, renames) for k, v in value.items()}
-        ref = value.get("$ref")
-        if isinstance(ref, str) and ref.startswith("#/$defs/") and ref[8:] in renames:
-            out["$ref"] = "#/$defs/" + renames[ref[8:]]
-        return out
-    if isinstance(value, list):
-        return [_renamed(v, renames) for v in value]
-    return value

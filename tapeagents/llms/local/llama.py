@@ -28,11 +28,8 @@ from __future__ import annotations
 
 import concurrent.futures
 import ctypes
-import hashlib
 import logging
-import os
 import queue
-import tempfile
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -551,39 +548,29 @@ def f16_weights(gguf: Path) -> Path:
     """
     import gguf as gguf_format
 
-    from tapeagents.llms.local.weights import cache_dir
+    from tapeagents.llms.local.weights import cache_dir, cached_file, file_stamp
 
     reader = gguf_format.GGUFReader(str(gguf))
     field = reader.fields.get("general.file_type")
     if field is not None and int(field.parts[field.data[0]][0]) in UNQUANTIZED_TYPES:
         return gguf
-    stat = gguf.stat()
-    key = f"{gguf.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
-    digest = hashlib.sha256(key.encode()).hexdigest()[:12]
-    target = cache_dir() / "models" / f"{gguf.stem.lower()}-{digest}-f16.gguf"
-    if target.is_file():
-        return target
-    ll = import_llama_cpp()
-    _silence_logs(ll)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(prefix=f".{target.name}-", dir=target.parent)
-    os.close(handle)
-    try:
+    target = cache_dir() / "models" / f"{gguf.stem.lower()}-{file_stamp(gguf)}-f16.gguf"
+
+    def write(tmp: Path) -> None:
+        ll = import_llama_cpp()
+        _silence_logs(ll)
         params = ll.llama_model_quantize_default_params()
         params.ftype = 1  # LLAMA_FTYPE_MOSTLY_F16
         params.allow_requantize = True
         params.nthread = 2
-        status = ll.llama_model_quantize(str(gguf).encode(), tmp.encode(), ctypes.byref(params))
+        source, out = str(gguf).encode(), str(tmp).encode()
+        status = ll.llama_model_quantize(source, out, ctypes.byref(params))
         if status != 0:
             raise UsageError(
                 f"llama.cpp could not read {gguf} (status {status}): is it a GGUF model?"
             )
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; a cache may be shared
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return target
+
+    return cached_file(target, write)
 
 
 _ENGINES: dict[tuple[str, str | None], LlamaEngine] = {}

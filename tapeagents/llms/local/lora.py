@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +56,7 @@ def gguf_adapter(adapter_dir: Path, base_gguf: Path) -> Path:
     adapter's files nor the base file change. Only the base file's metadata is read: the file
     works on the quantized model and on its f16 copy alike.
     """
-    from tapeagents.llms.local.weights import cache_dir
+    from tapeagents.llms.local.weights import cache_dir, cached_file, file_stamp
 
     config_file, tensors_file = _adapter_files(adapter_dir)
     digest = hashlib.sha256(f"tapeagents-lora-{FORMAT_VERSION}\n".encode())
@@ -66,22 +64,9 @@ def gguf_adapter(adapter_dir: Path, base_gguf: Path) -> Path:
         with path.open("rb") as stream:
             for chunk in iter(lambda: stream.read(1 << 20), b""):
                 digest.update(chunk)
-    stat = base_gguf.stat()
-    digest.update(f"{base_gguf.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode())
+    digest.update(file_stamp(base_gguf).encode())
     target = cache_dir() / "adapters" / f"{digest.hexdigest()[:16]}.gguf"
-    if target.is_file():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(prefix=f".{target.stem}-", suffix=".gguf", dir=target.parent)
-    os.close(handle)
-    try:
-        convert_adapter(adapter_dir, base_gguf, Path(tmp))
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; a cache may be shared
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return target
+    return cached_file(target, lambda tmp: convert_adapter(adapter_dir, base_gguf, tmp))
 
 
 def convert_adapter(adapter_dir: Path, base_gguf: Path, out: Path) -> None:

@@ -18,6 +18,7 @@ import tempfile
 import threading
 import warnings
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,10 +31,12 @@ __all__ = [
     "LOAD_LOCK",
     "LoadedModel",
     "available_cores",
+    "cached_file",
     "cache_dir",
     "configure_threads",
     "convert_gguf",
     "default_gguf_path",
+    "file_stamp",
     "gguf_file",
     "import_backend",
     "load_model",
@@ -194,10 +197,34 @@ def _converted_dir(model: str, gguf: Path) -> Path:
     """Where the conversion of `gguf` lives in the cache."""
     if model.lower() == DEFAULT_MODEL:
         return cache_dir() / "models" / DEFAULT_MODEL
-    stat = gguf.stat()
-    key = f"{gguf.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
-    digest = hashlib.sha256(key.encode()).hexdigest()[:12]
-    return cache_dir() / "models" / f"{gguf.stem.lower()}-{digest}"
+    return cache_dir() / "models" / f"{gguf.stem.lower()}-{file_stamp(gguf)}"
+
+
+def file_stamp(path: Path) -> str:
+    """A short key for the file at `path` as it is now (its place, size and modification time),
+    to name what the cache derives from it."""
+    stat = path.stat()
+    key = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+    return hashlib.sha256(key.encode()).hexdigest()[:12]
+
+
+def cached_file(target: Path, write: Callable[[Path], None]) -> Path:
+    """`target`, written once by `write(temporary path)` and renamed into place, so an
+    interrupted write never leaves a partial file in the cache."""
+    if target.is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    prefix, folder = f".{target.stem}-", target.parent
+    handle, tmp = tempfile.mkstemp(prefix=prefix, suffix=target.suffix, dir=folder)
+    os.close(handle)
+    try:
+        write(Path(tmp))
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; a cache may be shared
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return target
 
 
 def shared_model(path: Path, device: str, adapter: str | None) -> LoadedModel:
