@@ -2,9 +2,11 @@
 
 An `Agent` has a name, named LLMs, an ordered list of `Node`s, subagents and jinja2 templates.
 Each turn, the agent that holds the tape (the root, or a subagent it `Call`ed) picks its next
-node: the one a `SetNextNode` step names, the same node again after a parsing failure, else the
-node after the one that acted last (wrapping around). The node yields steps and the LLM calls
-they came from; the agent stamps each step with its path and the node's name.
+node: the one a `SetNextNode` step names (a hand-written one, without an agent, steers whoever
+holds the tape), the calling node again when a subagent it `Call`ed has responded, the same
+node again after a parsing failure, else the node after the one that acted last (wrapping
+around). The node yields steps and the LLM calls they came from; the agent stamps each step with
+its path and the node's name, and links the steps that follow an `LLMCall` to it.
 
 `LLMNode` (in `tapeagents.llm_node`) is the node that asks a model.
 """
@@ -140,13 +142,23 @@ class Agent:
     def next_node(self, tape: Tape[Any, Any], path: str) -> Node:
         """The node of the agent at `path` that acts next on `tape`."""
         agent = self.find(path)
+        answered = False  # a subagent responded: the node that called it goes on
         for step in reversed(tape.steps):
             if isinstance(step, Call) and f"{step.metadata.agent}/{step.agent_name}" == path:
                 return agent.nodes[0]  # a fresh call starts at the first node
+            if isinstance(step, SetNextNode) and not step.metadata.agent:
+                return agent.node(step.next_node)  # written by hand: for whoever holds the tape
+            if isinstance(step, Respond) and step.metadata.agent.rpartition("/")[0] == path:
+                answered = True
+                continue
             if step.metadata.agent != path or not step.metadata.node:
                 continue
             if isinstance(step, SetNextNode):
                 return agent.node(step.next_node)
+            if answered:
+                if isinstance(step, Call):
+                    return agent.node(step.metadata.node)
+                continue
             if isinstance(step, Error) and step.metadata.node in agent._node_index:
                 return agent.node(step.metadata.node)  # let the node try again
             index = agent._node_index.get(step.metadata.node)
@@ -176,11 +188,16 @@ class Agent:
         if path is None or node is None:
             path, node = self.plan(tape)
         agent = self.find(path)
+        call_id: str | None = None
         async for item in node.generate(agent, tape):
             if isinstance(item, Step):
                 item.metadata.agent = path
                 item.metadata.node = node.name
-            elif not isinstance(item, LLMCall | TextDelta):  # user code: check what it yields
+                if item.metadata.llm_call_id is None and not isinstance(item, SetNextNode):
+                    item.metadata.llm_call_id = call_id  # what follows a call came from it
+            elif isinstance(item, LLMCall):
+                call_id = item.id
+            elif not isinstance(item, TextDelta):  # user code: check what it yields
                 raise UsageError(
                     f"Node {node.name!r} yielded {type(item).__name__}; "
                     "nodes yield steps, LLM calls and text deltas."

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any, Literal
 
 from pydantic import ValidationError
@@ -17,11 +17,11 @@ from pydantic_core import to_jsonable_python
 
 from tapeagents.agent import Agent, Node, NodeOutput
 from tapeagents.answer_schema import steps_response_format
+from tapeagents.conversation import render_prefixes, same_output
 from tapeagents.environment import ToolSpec
 from tapeagents.errors import LLMError, UsageError
 from tapeagents.llms import LLMCall, LLMOutput, Prompt, ToolCallRequest
 from tapeagents.steps import (
-    Action,
     AssistantMessage,
     Call,
     Error,
@@ -36,9 +36,6 @@ from tapeagents.steps import (
 from tapeagents.tape import Tape
 
 __all__ = ["LLMNode", "output_groups"]
-
-_ACK = "recorded"
-"""Tool-message content that acknowledges a step the model emitted as a tool call."""
 
 _FENCE = re.compile(r"```(?:json)?\s*(.*?)```", re.DOTALL)
 
@@ -64,7 +61,11 @@ class LLMNode(Node):
         tools: Tools of the environment the model may call (they become `ToolCall`s).
         llm: Name of the agent's LLM to use.
         mode: "tools" or "json", as above.
-        text_step: Step type that plain text becomes (default: `AssistantMessage` when allowed).
+        text_step: Step type that an answer of plain text becomes (default: `AssistantMessage`
+            when allowed).
+        thought_step: Step type that text beside tool calls becomes (default: `Reasoning`): the
+            model thinking aloud before it acts, so the tools run and the model is asked again.
+            Offer it in `steps` too to let the model also call it as a tool.
         tool_choice: In tools mode, OpenAI's `tool_choice` sent with the prompt: "auto" (the
             default), "required" (the answer must call a tool or emit a step type; local models
             are then decoded under a grammar of the offered tools, so the call always parses),
@@ -89,6 +90,7 @@ class LLMNode(Node):
         llm: str = "default",
         mode: Literal["tools", "json"] = "tools",
         text_step: type[Step] | None = None,
+        thought_step: type[Step] = Reasoning,
         tool_choice: Literal["auto", "required", "none"] | str = "auto",
         structured: bool = False,
         max_answer_steps: int | None = None,
@@ -104,14 +106,15 @@ class LLMNode(Node):
             text_step = AssistantMessage
         if text_step is not None and _single_text_field(text_step) is None:
             raise UsageError(f"text_step {text_step.__name__} must have exactly one str field.")
+        if _single_text_field(thought_step) is None:
+            raise UsageError(
+                f"thought_step {thought_step.__name__} must have exactly one str field."
+            )
         self.text_step = text_step
+        self.thought_step = thought_step
         self.step_types: dict[str, type[Step]] = {
             cls.model_fields["kind"].default: cls for cls in steps if cls is not text_step
         }
-        # Text beside tool calls is kept as the model's reasoning when there is no text step.
-        self._content_type: type[Step] | None = text_step or (
-            None if "reasoning" in self.step_types else Reasoning
-        )
         clash = self.tool_names & set(self.step_types)
         if clash:
             raise UsageError(f"Tools and step kinds share names {sorted(clash)}; rename the tools.")
@@ -204,8 +207,14 @@ class LLMNode(Node):
     def make_prompt(self, agent: Agent, tape: Tape[Any, Any]) -> Prompt:
         """The exact request this node sends for `tape`."""
         messages = self.system_messages(agent, tape) + self.tape_messages(tape)
-        tools = self.prompt_tools()
-        return Prompt(
+        return self.prompt(messages, self.prompt_tools())
+
+    def prompt(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None) -> Prompt:
+        """The request of these messages: with the node's tools, tool choice and format.
+
+        Built without validation or copies: the messages are made by this node.
+        """
+        return Prompt.model_construct(
             messages=messages,
             tools=tools,
             tool_choice=self._tool_choice(tools),
@@ -235,69 +244,10 @@ class LLMNode(Node):
         return self.tool_schemas() if self.mode == "tools" and self.tool_schemas() else None
 
     def tape_messages(self, tape: Tape[Any, Any], end: int | None = None) -> list[dict[str, Any]]:
-        """The first `end` steps of the tape (default: all) as chat messages in this node's format.
-
-        Steps from one LLM call form one assistant message, rebuilt with `inverse`.
-        """
+        """The first `end` steps of the tape (default: all) as this node's chat messages: its
+        agent's view of them, always a valid conversation (see `tapeagents.conversation`)."""
         steps = tape.steps[:end] if end is not None else tape.steps
-        messages: list[dict[str, Any]] = []
-        for _, group in self.message_groups(steps):
-            messages.extend(group)
-        return messages
-
-    def message_groups(
-        self, steps: Sequence[Step], inverses: Mapping[int, LLMOutput] | None = None
-    ) -> Iterator[tuple[int, list[dict[str, Any]]]]:
-        """For each group of `output_groups(steps)`: where it ends, and its chat messages."""
-        tool_ids: dict[str, str] = {}  # action metadata id -> tool call id
-        for start, stop in output_groups(steps):
-            step = steps[start]
-            if isinstance(step, Observation):
-                yield stop, [self._observation_message(step, tool_ids)]
-            elif isinstance(step, ParsingFailure):
-                yield (
-                    stop,
-                    [
-                        {"role": "assistant", "content": step.raw_output},
-                        {
-                            "role": "user",
-                            "content": f"Your answer could not be used: {step.error}\n"
-                            "Answer again in the required format.",
-                        },
-                    ],
-                )
-            elif isinstance(step, Error):
-                yield stop, []  # infrastructure failures are not part of the conversation
-            elif isinstance(step, UnknownStep):
-                yield stop, [{"role": "user", "content": f"[{step.kind}] {step.llm_text()}"}]
-            else:
-                group = steps[start:stop]
-                known = inverses.get(start) if inverses else None
-                output = known if known is not None else self.inverse(group)
-                messages = [output.as_message()]
-                for step_in_group, request in zip(
-                    _tool_call_steps(self, group), output.tool_calls, strict=True
-                ):
-                    if isinstance(step_in_group, Action):
-                        tool_ids[step_in_group.metadata.id] = request.id
-                    else:
-                        messages.append(
-                            {"role": "tool", "tool_call_id": request.id, "content": _ACK}
-                        )
-                yield stop, messages
-
-    def _observation_message(
-        self, step: Observation, tool_ids: Mapping[str, str]
-    ) -> dict[str, Any]:
-        call_id = tool_ids.get(step.action_id) if step.action_id else None
-        if step.kind == "user":
-            return {"role": "user", "content": step.llm_text()}
-        text = step.llm_dict().get("content") if step.kind == "tool_result" else None
-        if text is None:
-            text = step.llm_text()
-        if call_id is not None and self.mode == "tools":
-            return {"role": "tool", "tool_call_id": call_id, "content": text}
-        return {"role": "user", "content": f"[{step.kind}] {text}"}
+        return render_prefixes(self, steps, [len(steps)])[len(steps)]
 
     # --------------------------------------------------------------------- output
 
@@ -314,10 +264,10 @@ class LLMNode(Node):
         steps: list[Step] = []
         text = (output.content or "").strip()
         if text:
-            if self.text_step is not None:
+            if output.tool_calls:  # thinking aloud before acting: the tools run, then it goes on
+                steps.append(_text_step(self.thought_step, text))
+            elif self.text_step is not None:
                 steps.append(_text_step(self.text_step, text))
-            elif output.tool_calls and self._content_type is not None:
-                steps.append(_text_step(self._content_type, text))
             else:
                 raise _ParseError(
                     "The answer is plain text, but this node expects tool calls: "
@@ -401,46 +351,69 @@ class LLMNode(Node):
     def inverse(self, steps: Sequence[Step]) -> LLMOutput:
         """The model output that `parse` turns into exactly these steps (metadata aside)."""
         if self.mode == "json":
-            items: list[dict[str, Any]] = []
-            for step in steps:
-                if isinstance(step, ToolCall):
-                    items.append(
-                        {"kind": "tool_call", "name": step.name, "arguments": step.arguments}
-                    )
-                else:
-                    items.append({"kind": step.kind, **step.llm_dict()})
+            items = [self.json_item(step) for step in steps]
             return LLMOutput(
                 content=json.dumps(items, ensure_ascii=False, default=to_jsonable_python)
             )
+        texts, calls = self.inverse_parts(steps)
+        return LLMOutput(
+            content="\n\n".join(texts) if texts else None,
+            tool_calls=[request for _, request in calls],
+        )
+
+    def inverse_parts(
+        self, steps: Sequence[Step]
+    ) -> tuple[list[str], list[tuple[Step, ToolCallRequest]]]:
+        """Tools mode `inverse`: the message texts, and each step written as a tool call."""
+        acts = any(not self.is_content(step) for step in steps)
         texts: list[str] = []
-        calls: list[ToolCallRequest] = []
+        calls: list[tuple[Step, ToolCallRequest]] = []
         for step in steps:
-            if self.is_content(step):
-                texts.append(_text_of(step))
-            elif isinstance(step, ToolCall):
-                calls.append(
-                    ToolCallRequest(
-                        id=step.call_id,
-                        name=step.name,
-                        arguments=json.dumps(step.arguments, ensure_ascii=False),
-                    )
-                )
-            else:
-                calls.append(
-                    ToolCallRequest(
-                        id=step.metadata.extra.get("tool_call_id")
-                        or f"call_{step.metadata.id[:24]}",
-                        name=step.kind,
-                        arguments=json.dumps(
-                            step.llm_dict(), ensure_ascii=False, default=to_jsonable_python
-                        ),
-                    )
-                )
-        return LLMOutput(content="\n\n".join(texts) if texts else None, tool_calls=calls)
+            alone = type(step) is self.thought_step and not acts and step.kind in self.step_types
+            if self.is_content(step) and not alone:
+                texts.append(self.content_text(step))
+            else:  # (a thought alone is only parsed back from a call of its tool)
+                calls.append((step, self.tool_request(step)))
+        return texts, calls
+
+    def tool_request(self, step: Step) -> ToolCallRequest:
+        """The step as the tool call a model writes for it (the model's id when it gave one)."""
+        if isinstance(step, ToolCall):
+            return ToolCallRequest(
+                id=step.call_id,
+                name=step.name,
+                arguments=json.dumps(step.arguments, ensure_ascii=False),
+            )
+        return ToolCallRequest(
+            id=step.metadata.extra.get("tool_call_id") or f"call_{step.metadata.id[:24]}",
+            name=step.kind,
+            arguments=json.dumps(step.llm_dict(), ensure_ascii=False, default=to_jsonable_python),
+        )
+
+    def json_item(self, step: Step) -> dict[str, Any]:
+        """The step as one item of a JSON-mode answer."""
+        if isinstance(step, ToolCall):
+            return {"kind": "tool_call", "name": step.name, "arguments": step.arguments}
+        return {"kind": step.kind, **step.llm_dict()}
 
     def is_content(self, step: Step) -> bool:
-        """Whether `inverse` renders this step as the message text (not as a tool call)."""
-        return self._content_type is not None and type(step) is self._content_type
+        """Whether the step is answer text in tools mode: the text step or the thought step."""
+        return type(step) is self.text_step or type(step) is self.thought_step
+
+    def content_text(self, step: Step) -> str:
+        """The text of a step that `is_content`."""
+        return _text_of(step)
+
+    def offers(self, step: Step) -> bool:
+        """Whether this node's model could write the step: a call of one of its tools, one of
+        its step kinds, or (tools mode) its text or thought."""
+        if isinstance(step, ToolCall):
+            return step.name in self.tool_names
+        if step.kind in self.step_types:
+            return True
+        if self.mode == "json":
+            return self.text_step is not None and type(step) is self.text_step
+        return self.is_content(step)
 
     # --------------------------------------------------------------------- run
 
@@ -497,32 +470,11 @@ def output_groups(steps: Sequence[Step]) -> list[tuple[int, int]]:
         step = steps[i]
         j = i + 1
         if not isinstance(step, Observation | Error | UnknownStep):
-            while j < n and _same_output(step, steps[j]):
+            while j < n and same_output(step, steps[j]):
                 j += 1
         groups.append((i, j))
         i = j
     return groups
-
-
-def _same_output(first: Step, other: Step) -> bool:
-    """Whether two agent steps came from the same model output (or the same non-LLM turn)."""
-    if isinstance(other, Observation | Error | UnknownStep):
-        return False
-    meta, other_meta = first.metadata, other.metadata
-    if meta.llm_call_id is not None:
-        return other_meta.llm_call_id == meta.llm_call_id
-    return (
-        other_meta.llm_call_id is None
-        and other_meta.agent == meta.agent
-        and other_meta.node == meta.node
-    )
-
-
-def _tool_call_steps(node: LLMNode, group: Sequence[Step]) -> list[Step]:
-    """The steps of a group that `inverse` renders as tool calls, in order."""
-    if node.mode == "json":
-        return []
-    return [s for s in group if not node.is_content(s)]
 
 
 def _single_text_field(cls: type[Step]) -> str | None:

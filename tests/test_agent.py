@@ -59,7 +59,7 @@ def test_tool_calls_and_text_become_typed_steps() -> None:
         ],
     )
     steps = node.parse(output)
-    assert [type(s) for s in steps] == [AssistantMessage, Plan, ToolCall]
+    assert [type(s) for s in steps] == [Reasoning, Plan, ToolCall]
     assert steps[1].items == ["look", "answer"]  # type: ignore[attr-defined]
     assert steps[2].arguments == {"city": "Paris"} and steps[2].call_id == "c2"  # type: ignore[attr-defined]
 
@@ -102,8 +102,10 @@ def test_text_beside_tool_calls_is_kept_as_reasoning_when_no_text_step() -> None
 @pytest.mark.parametrize("mode", ["tools", "json"])
 def test_inverse_is_exact(mode: Literal["tools", "json"]) -> None:
     node = tools_node(mode=mode)
+    # text beside tool calls is a thought in tools mode; JSON answers say each step's kind
+    text = Reasoning(text="Checking.") if mode == "tools" else AssistantMessage(content="Checking.")
     steps = [
-        AssistantMessage(content="Checking."),
+        text,
         Plan(items=["a"]),
         ToolCall(name="lookup", arguments={"city": "Oslo"}),
     ]
@@ -211,17 +213,25 @@ def test_subagents_answer_through_steps_on_the_same_tape() -> None:
     boss = Agent(
         "boss",
         nodes=[
-            Emit("delegate", lambda t: Call(agent_name="researcher", content="find X")),
-            Emit("conclude", lambda t: FinalAnswer(answer=t.steps[-1].content)),
+            Emit("greet", lambda t: Reasoning(text="starting")),
+            Emit(  # after the researcher responds, control comes back to this node
+                "delegate",
+                lambda t: (
+                    FinalAnswer(answer=t.steps[-1].content)
+                    if isinstance(t.steps[-1], Respond)
+                    else Call(agent_name="researcher", content="find X")
+                ),
+            ),
         ],
         subagents=[researcher],
     )
     result = run_sync(boss, "Where is X?")
-    assert [(s.kind, s.metadata.agent) for s in result.tape.steps[1:]] == [
-        ("call", "boss"),
-        ("reasoning", "boss/researcher"),
-        ("respond", "boss/researcher"),
-        ("final_answer", "boss"),
+    assert [(s.kind, s.metadata.agent, s.metadata.node) for s in result.tape.steps[1:]] == [
+        ("reasoning", "boss", "greet"),
+        ("call", "boss", "delegate"),
+        ("reasoning", "boss/researcher", "look"),
+        ("respond", "boss/researcher", "answer"),
+        ("final_answer", "boss", "delegate"),
     ]
     assert result.tape.steps[-1].answer == "found it"  # type: ignore[attr-defined]
 

@@ -38,7 +38,15 @@ from tapeagents.export.selection import (
 )
 from tapeagents.llm_node import LLMNode, output_groups
 from tapeagents.llms import LLMOutput, Prompt
-from tapeagents.steps import Error, Observation, ParsingFailure, Step, ToolCall, UnknownStep
+from tapeagents.steps import (
+    Error,
+    Observation,
+    ParsingFailure,
+    SetNextNode,
+    Step,
+    ToolCall,
+    UnknownStep,
+)
 from tapeagents.tape import Tape
 
 if TYPE_CHECKING:
@@ -165,15 +173,12 @@ def tape_examples(
         except UsageError as error:
             problem(start, str(error))
             continue
-        if not isinstance(node, LLMNode):
-            if first.metadata.llm_call_id is None:
-                report.skip("steps of a node that calls no LLM")
-            else:
-                problem(
-                    start,
-                    f"node {node.name!r} of agent {target_path!r} is a {type(node).__name__}, "
-                    "not an LLMNode, so it has no prompt to rebuild",
-                )
+        if not isinstance(node, LLMNode):  # its prompt, if it made one, cannot be rebuilt
+            report.skip(f"steps of nodes that are not LLMNodes ({type(node).__name__})")
+            continue
+        group = [s for s in group if not isinstance(s, SetNextNode) or node.offers(s)]
+        if not group:
+            report.skip("routing steps (set_next_node) the model did not write")
             continue
         output, reason = _answer(node, group)
         if reason is not None:
@@ -253,7 +258,7 @@ def _answer(node: LLMNode, group: Sequence[Step]) -> tuple[LLMOutput, str | None
             if step.name not in node.tool_names:
                 tools = ", ".join(sorted(node.tool_names)) or "none"
                 return empty, f"node {node.name!r} has no tool {step.name!r} (its tools: {tools})"
-        elif not _emits(node, step):
+        elif not node.offers(step):
             kinds = sorted(node.step_types)
             if node.text_step is not None:
                 kinds.insert(0, node.text_step.model_fields["kind"].default)
@@ -283,15 +288,6 @@ def _answer(node: LLMNode, group: Sequence[Step]) -> tuple[LLMOutput, str | None
             f"instead of {[s.kind for s in group]}"
         )
     return output, None
-
-
-def _emits(node: LLMNode, step: Step) -> bool:
-    """Whether the node's parser can produce a step of this kind (tools aside)."""
-    if step.kind in node.step_types:
-        return True
-    if node.text_step is not None and type(step) is node.text_step:
-        return True
-    return node.mode == "tools" and node.is_content(step)  # text beside tool calls
 
 
 _NOTHING: set[str] = set()

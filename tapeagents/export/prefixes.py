@@ -1,8 +1,8 @@
 """The prompt behind every model output of a tape, rendered in one pass over the tape.
 
 Exporters need `node.make_prompt(agent, tape.steps[:end])` for many `end`s of one tape. Rendering
-the tape again for each prefix costs O(n^2); `prefix_prompts` renders the messages once and cuts
-them at each end, with the same result.
+the tape again for each prefix costs O(n^2); `prefix_prompts` renders each agent's view of the
+tape once and cuts it at each end, with the same result.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from tapeagents.agent import Agent
+from tapeagents.conversation import render_prefixes
 from tapeagents.errors import UsageError
 from tapeagents.llm_node import LLMNode
 from tapeagents.llms import LLMOutput, Prompt
@@ -39,29 +40,20 @@ def prefix_prompts(
             raise UsageError(f"No prefix of {end} steps: the tape has {len(tape.steps)}.")
     if type(node).make_prompt is not LLMNode.make_prompt:
         return [node.make_prompt(agent, _prefix(tape, end)) for end in ends]
-    wanted = set(ends)
-    upto = max(wanted, default=0)
-    snapshots: dict[int, list[dict[str, Any]]] = {0: []}
-    messages: list[dict[str, Any]] = []
-    if upto > 0:
-        for stop, group in node.message_groups(tape.steps[:upto], inverses):
-            messages.extend(group)
-            if stop in wanted:
-                snapshots[stop] = list(messages)
+    rendered = render_prefixes(node, tape.steps[: max(ends, default=0)], ends, inverses)
     tools = node.prompt_tools()
     system_reads_steps = agent.templates.reads(node.system_prompt, "tape")
     system: list[dict[str, Any]] | None = None
     prompts: list[Prompt] = []
     for end in ends:
-        if end not in snapshots:  # inside one output's group of steps
+        if end not in rendered:  # inside the steps of one model output
             prompts.append(node.make_prompt(agent, _prefix(tape, end)))
             continue
         if system is None or system_reads_steps:
-            rendered = node.system_messages(agent, _prefix(tape, end))
-            if rendered != system:  # an unchanged system message stays the same dict
-                system = rendered
-        # Built from messages made here: no validation, and no copies of them.
-        prompts.append(Prompt.model_construct(messages=system + snapshots[end], tools=tools))
+            made = node.system_messages(agent, _prefix(tape, end))
+            if made != system:  # an unchanged system message stays the same dict
+                system = made
+        prompts.append(node.prompt(system + rendered[end], tools))
     return prompts
 
 

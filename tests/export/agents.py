@@ -82,7 +82,7 @@ def json_agent(name: str = "arith", system_prompt: str = "Answer the question.")
 class Plan(Thought):
     """A plan of the steps to take."""
 
-    kind: Literal["plan"] = "plan"
+    kind: Literal["export_test_plan"] = "export_test_plan"
     steps: list[str]
 
 
@@ -94,7 +94,7 @@ PLANNER_PROMPT = (
 def planner_answers(prompt: Prompt) -> LLMOutput:
     if "Plan how" in prompt.messages[0]["content"]:
         plan = json.dumps({"steps": ["add", "answer"]})
-        return LLMOutput(tool_calls=[tool_call("plan", plan)])
+        return LLMOutput(tool_calls=[tool_call("export_test_plan", plan)])
     return LLMOutput(content="The sum is 5.")
 
 

@@ -1,0 +1,305 @@
+"""How an `LLMNode` shows the tape to its model: its agent's view, as valid OpenAI chat messages.
+
+- The node sees its agent's view of the tape (`tapeagents.views`): a subagent its task and its
+  own steps, a caller its `Call`s and the `Respond`s that answered them.
+- Steps from one model output form one assistant message. Output the node itself could have
+  written is rebuilt with `LLMNode.inverse`, so the prompt shows what the model wrote. Other
+  agent steps are shown as they fit: what the node offers as a tool is a tool call, anything else
+  is text ("[kind] fields"), so every tool call in a request names a tool the request declares.
+- Control steps are routing, not conversation: a `SetNextNode` is shown only when a model wrote
+  it and the node offers it.
+- Tool-call ids are the model's own. Steps written without a model, and ids already used in the
+  request, get ids derived from their position on the tape (`call_t12`), so the same tape gives
+  byte-identical requests in every run and process.
+- Every assistant message with tool calls is followed, before any other message, by one tool
+  message per call: the observation of an action, the `Respond` to a `Call`, "recorded" for a
+  step the model emitted as a tool call, or "no result" for a call the conversation went past.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from pydantic_core import to_jsonable_python
+
+from tapeagents.llms import LLMOutput, ToolCallRequest
+from tapeagents.steps import (
+    Action,
+    Call,
+    Error,
+    Observation,
+    ParsingFailure,
+    Respond,
+    SetNextNode,
+    Step,
+    ToolCall,
+    UnknownStep,
+)
+from tapeagents.views import TapeViews
+
+if TYPE_CHECKING:
+    from tapeagents.llm_node import LLMNode
+
+__all__ = ["ACK", "NO_RESULT", "render_prefixes", "same_output"]
+
+ACK = "recorded"
+"""Tool-message content that acknowledges a step the model emitted as a tool call."""
+
+NO_RESULT = "No result: the conversation went on before this call was answered."
+"""Tool-message content for a call left unanswered (an interrupted or hand-edited tape)."""
+
+
+def render_prefixes(
+    node: LLMNode,
+    steps: Sequence[Step],
+    ends: Sequence[int],
+    inverses: Mapping[int, LLMOutput] | None = None,
+) -> dict[int, list[dict[str, Any]]]:
+    """The chat messages `node` renders for each prefix `steps[:end]`, one pass per agent view.
+
+    An `end` inside the steps of one model output is left out (the caller renders that prefix
+    on its own). `inverses` holds outputs already computed, by the index of their first step.
+    """
+    views = TapeViews(steps)
+    by_view: dict[tuple[str, int], list[int]] = {}
+    for end in sorted(set(ends)):
+        by_view.setdefault(views.view(end), []).append(end)
+    result: dict[int, list[dict[str, Any]]] = {}
+    for (path, start), view_ends in by_view.items():
+        builder = _Builder(node, views, path, start, inverses or {})
+        result.update(builder.run(view_ends))
+    return result
+
+
+def same_output(first: Step, other: Step) -> bool:
+    """Whether two agent steps came from the same model output (or the same non-LLM turn)."""
+    if isinstance(other, Observation | Error | UnknownStep):
+        return False
+    meta, other_meta = first.metadata, other.metadata
+    if meta.llm_call_id is not None:
+        return other_meta.llm_call_id == meta.llm_call_id
+    return (
+        other_meta.llm_call_id is None
+        and other_meta.agent == meta.agent
+        and other_meta.node == meta.node
+    )
+
+
+class _Builder:
+    """Appends the steps one agent sees as chat messages, keeping every tool call answered."""
+
+    def __init__(
+        self,
+        node: LLMNode,
+        views: TapeViews,
+        path: str,
+        start: int,
+        inverses: Mapping[int, LLMOutput],
+    ) -> None:
+        self.node = node
+        self.views = views
+        self.path = path
+        self.start = start
+        self.inverses = inverses
+        self.messages: list[dict[str, Any]] = []
+        self.waiting: dict[str, str] = {}
+        """Unanswered calls of the last assistant message: step id -> tool call id."""
+        self.calls: dict[str, str] = {}
+        """The last `Call` to each subagent shown as a tool call: agent name -> step id."""
+        self.used: set[str] = set()
+
+    def run(self, ends: Sequence[int]) -> dict[int, list[dict[str, Any]]]:
+        """Render the view up to the last of `ends` (ascending); the messages at each end."""
+        steps, views = self.steps, self.views
+        upto = ends[-1]
+        first = max(self.start, 0)
+        visible = [i for i in range(first, upto) if views.sees(self.path, self.start, i)]
+        snapshots: dict[int, list[dict[str, Any]]] = {}
+        pending = list(ends)
+        k = 0
+        while k < len(visible):
+            first = visible[k]
+            stop = k + 1
+            if not isinstance(steps[first], Observation | Error | UnknownStep):
+                while (
+                    stop < len(visible)
+                    and visible[stop] == visible[stop - 1] + 1
+                    and same_output(steps[first], steps[visible[stop]])
+                ):
+                    stop += 1
+            last = visible[stop - 1]
+            while pending and pending[0] <= first:
+                snapshots[pending.pop(0)] = self.closed()
+            while pending and pending[0] <= last:  # inside this output: rendered on its own
+                pending.pop(0)
+            self.add_group(visible[k:stop])
+            k = stop
+        for end in pending:
+            snapshots[end] = self.closed()
+        return snapshots
+
+    @property
+    def steps(self) -> Sequence[Step]:
+        return self.views.steps
+
+    # ------------------------------------------------------------------ messages
+
+    def closed(self) -> list[dict[str, Any]]:
+        """The messages so far, with the calls still waiting answered "no result"."""
+        return self.messages + [
+            _tool_message(call_id, NO_RESULT) for call_id in self.waiting.values()
+        ]
+
+    def add(self, message: dict[str, Any]) -> None:
+        """Append a message that is not a tool result (it ends the last tool-call block)."""
+        for call_id in self.waiting.values():
+            self.messages.append(_tool_message(call_id, NO_RESULT))
+        self.waiting.clear()
+        self.messages.append(message)
+
+    def answer(self, step_id: str | None, content: str) -> bool:
+        """Append the tool message answering the call made by step `step_id`, if it waits."""
+        call_id = self.waiting.pop(step_id, None) if step_id is not None else None
+        if call_id is None:
+            return False
+        self.messages.append(_tool_message(call_id, content))
+        return True
+
+    def call_id(self, step: Step, index: int, recorded: str | None) -> str:
+        """The model's id for a call, or one derived from the step's place on the tape."""
+        if (
+            recorded is None
+            or step.metadata.llm_call_id is None
+            or recorded in self.used
+            or recorded == f"call_{step.metadata.id[:24]}"  # no id from the model: a random one
+        ):
+            recorded = f"call_t{index}"
+        self.used.add(recorded)
+        return recorded
+
+    # ------------------------------------------------------------------ steps
+
+    def owner(self, index: int) -> str:
+        return self.views.owner(self.path, self.start, index)
+
+    def add_group(self, indices: Sequence[int]) -> None:
+        first = self.steps[indices[0]]
+        if isinstance(first, Observation):
+            self.add_observation(first)
+        elif isinstance(first, ParsingFailure):
+            self.add({"role": "assistant", "content": first.raw_output})
+            self.add(
+                {
+                    "role": "user",
+                    "content": f"Your answer could not be used: {first.error}\n"
+                    "Answer again in the required format.",
+                }
+            )
+        elif isinstance(first, Error):
+            return  # infrastructure failures are not part of the conversation
+        elif isinstance(first, UnknownStep):
+            self.add({"role": "user", "content": f"[{first.kind}] {first.llm_text()}"})
+        elif indices[0] == self.start and self.start > 0:
+            assert isinstance(first, Call)
+            task = first.content or f"[task from {first.metadata.agent}]"
+            self.add({"role": "user", "content": task})
+        elif isinstance(first, Respond) and self.owner(indices[0]) != self.path:
+            self.add_response(first, self.owner(indices[0]))
+        else:
+            self.add_output(indices)
+
+    def add_observation(self, step: Observation) -> None:
+        if step.kind == "user":
+            self.add({"role": "user", "content": step.llm_text()})
+            return
+        text = step.llm_dict().get("content") if step.kind == "tool_result" else None
+        if text is None:
+            text = step.llm_text()
+        if not self.answer(step.action_id, text):
+            self.add({"role": "user", "content": f"[{step.kind}] {text}"})
+
+    def add_response(self, step: Respond, owner: str) -> None:
+        """A subagent's answer, as the result of the `Call` that asked it when that is shown."""
+        name = owner.rpartition("/")[2]
+        if not self.answer(self.calls.pop(name, None), step.content):
+            self.add({"role": "user", "content": f"[{name} responded] {step.content}"})
+
+    def add_output(self, indices: Sequence[int]) -> None:
+        node, steps = self.node, self.steps
+        from_model = steps[indices[0]].metadata.llm_call_id is not None
+        shown = [
+            i
+            for i in indices
+            if not isinstance(steps[i], SetNextNode) or (from_model and node.offers(steps[i]))
+        ]
+        if not shown:
+            return
+        group = [steps[i] for i in indices]
+        if from_model and len(shown) == len(indices) and all(node.offers(s) for s in group):
+            known = self.inverses.get(indices[0])
+            if node.mode == "json":
+                content = (known or node.inverse(group)).content
+                self.add({"role": "assistant", "content": content})
+                return
+            texts, parts = node.inverse_parts(group)
+            place = {id(step): i for i, step in zip(indices, group, strict=True)}
+            requests = [(place[id(step)], step, request) for step, request in parts]
+        else:
+            texts, requests = self.foreign_parts(shown)
+        calls = [
+            (step, request.model_copy(update={"id": self.call_id(step, i, request.id)}))
+            for i, step, request in requests
+        ]
+        message: dict[str, Any] = {
+            "role": "assistant",
+            "content": "\n\n".join(texts) if texts else None,
+        }
+        if calls:
+            message["tool_calls"] = [
+                {
+                    "id": request.id,
+                    "type": "function",
+                    "function": {"name": request.name, "arguments": request.arguments},
+                }
+                for _, request in calls
+            ]
+        self.add(message)
+        for step, request in calls:
+            if isinstance(step, Action | Call):
+                self.waiting[step.metadata.id] = request.id
+                if isinstance(step, Call):
+                    self.calls[step.agent_name] = step.metadata.id
+            else:
+                self.messages.append(_tool_message(request.id, ACK))
+
+    def foreign_parts(
+        self, indices: Sequence[int]
+    ) -> tuple[list[str], list[tuple[int, Step, ToolCallRequest]]]:
+        """Steps the node did not write as one output: what it offers as its tool calls, the
+        rest as text (in JSON mode, one JSON list of them all)."""
+        node = self.node
+        if node.mode == "json":
+            items = [node.json_item(self.steps[i]) for i in indices]
+            return [json.dumps(items, ensure_ascii=False, default=to_jsonable_python)], []
+        texts: list[str] = []
+        requests: list[tuple[int, Step, ToolCallRequest]] = []
+        for i in indices:
+            step = self.steps[i]
+            if node.is_content(step):
+                texts.append(node.content_text(step))
+            elif node.offers(step):
+                requests.append((i, step, node.tool_request(step)))
+            elif isinstance(step, ToolCall):
+                arguments = json.dumps(
+                    step.arguments, ensure_ascii=False, default=to_jsonable_python
+                )
+                texts.append(f"[called {step.name}] {arguments}")
+            else:
+                texts.append(f"[{step.kind}] {step.llm_text()}")
+        return texts, requests
+
+
+def _tool_message(call_id: str, content: str) -> dict[str, Any]:
+    return {"role": "tool", "tool_call_id": call_id, "content": content}
