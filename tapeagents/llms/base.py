@@ -4,6 +4,11 @@ A backend implements one method, `async generate(prompt) -> LLMOutput`, and may 
 `stream` to yield text as it arrives. Callers use `LLM.call` (or `LLM.stream_call`), which
 times the request, prices it, and returns an `LLMCall`: the prompt, the output and everything
 needed to replay or train on it, under an id that is a hash of the request.
+
+Every backend also says how long a request may be (`LLM.context_window`, None when unknown)
+and how many tokens a request or one message takes (`count_tokens`, `count_message_tokens`),
+so that a context policy (`tapeagents.context`) can cut a long conversation to fit. Backends
+without a tokenizer count with `estimate_prompt_tokens`, a deliberate overestimate.
 """
 
 from __future__ import annotations
@@ -12,14 +17,17 @@ import hashlib
 import json
 import time
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from pydantic import BaseModel, Field
 
+from tapeagents.errors import UsageError
 from tapeagents.llms.limits import counting_retries
 
 __all__ = [
+    "IMAGE_TOKENS",
+    "IMAGE_TOKENS_LOW_DETAIL",
     "LLM",
     "LLMCall",
     "LLMOutput",
@@ -29,6 +37,9 @@ __all__ = [
     "ToolCallRequest",
     "TopLogprob",
     "Usage",
+    "estimate_message_tokens",
+    "estimate_prompt_tokens",
+    "image_tokens",
     "request_hash",
 ]
 
@@ -160,18 +171,137 @@ def request_hash(model: str, parameters: dict[str, Any], prompt: Prompt) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()[:32]
 
 
+IMAGE_TOKENS = 765
+"""Tokens an image content part counts for in a context budget: OpenAI's price of a typical
+high-detail image (a 1024x1024 image is 4 tiles of 170 tokens plus 85). Images are counted at
+this fixed figure whatever their size, so counting never decodes or downloads them."""
+IMAGE_TOKENS_LOW_DETAIL = 85
+"""Tokens of an image part sent with `"detail": "low"` (OpenAI's fixed price)."""
+
+MESSAGE_OVERHEAD_TOKENS = 4
+"""Tokens a chat message costs beyond its text in the estimate: its role and delimiters."""
+REQUEST_OVERHEAD_TOKENS = 3
+"""Tokens a request costs beyond its messages in the estimate: the assistant turn's header."""
+
+
+def _utf8_length(text: str) -> int:
+    return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
+
+
+def _image_tokens(part: dict[str, Any]) -> int:
+    image = part.get("image_url")
+    detail = image.get("detail") if isinstance(image, dict) else None
+    return IMAGE_TOKENS_LOW_DETAIL if detail == "low" else IMAGE_TOKENS
+
+
+def image_tokens(content: Any) -> int:
+    """The tokens of the image parts (`{"type": "image_url", ...}`) of a message's content:
+    `IMAGE_TOKENS` each, `IMAGE_TOKENS_LOW_DETAIL` for those sent with `"detail": "low"`."""
+    if not isinstance(content, list):
+        return 0
+    return sum(
+        _image_tokens(part)
+        for part in content
+        if isinstance(part, dict) and part.get("type") == "image_url"
+    )
+
+
+def _content_size(content: Any) -> tuple[int, int]:
+    """UTF-8 bytes of a content's text and the tokens of its images (content given as a string,
+    or as a list of OpenAI content parts)."""
+    if content is None:
+        return 0, 0
+    if isinstance(content, str):
+        return _utf8_length(content), 0
+    if not isinstance(content, list):
+        return _utf8_length(str(content)), 0
+    size = images = 0
+    for part in content:
+        if not isinstance(part, dict):
+            size += _utf8_length(str(part))
+        elif part.get("type") == "text":
+            size += _utf8_length(str(part.get("text") or ""))
+        elif part.get("type") == "image_url":
+            images += _image_tokens(part)
+        else:  # audio, files: their JSON, a rough stand-in
+            size += _utf8_length(json.dumps(part, ensure_ascii=False, default=str))
+    return size, images
+
+
+def estimate_message_tokens(message: dict[str, Any]) -> int:
+    """A conservative count of the tokens one chat message adds to a prompt, without a tokenizer.
+
+    Text counts one token per 3 UTF-8 bytes (tokenizers average about 4 bytes a token on
+    English and code, and about 3 on other scripts, so this rarely undercounts), plus
+    `MESSAGE_OVERHEAD_TOKENS`; each tool call counts its name and arguments the same way plus 4;
+    each image part counts `IMAGE_TOKENS` (`IMAGE_TOKENS_LOW_DETAIL` with `"detail": "low"`).
+    """
+    size, tokens = _content_size(message.get("content"))
+    tokens += MESSAGE_OVERHEAD_TOKENS
+    name = message.get("name")
+    if isinstance(name, str):
+        size += _utf8_length(name)
+    for call in message.get("tool_calls") or ():
+        function = call.get("function", call) if isinstance(call, dict) else {}
+        size += _utf8_length(str(function.get("name") or ""))
+        size += _utf8_length(str(function.get("arguments") or ""))
+        tokens += 4
+    return tokens + -(-size // 3)
+
+
+def estimate_prompt_tokens(
+    messages: Sequence[dict[str, Any]], tools: Sequence[dict[str, Any]] | None = None
+) -> int:
+    """A conservative count of a request's tokens: `estimate_message_tokens` of each message,
+    the tools' JSON at 3 bytes a token, and `REQUEST_OVERHEAD_TOKENS`."""
+    tokens = REQUEST_OVERHEAD_TOKENS + sum(estimate_message_tokens(m) for m in messages)
+    if tools:
+        tokens += -(-_utf8_length(json.dumps(list(tools), ensure_ascii=False)) // 3)
+    return tokens
+
+
 class LLM(ABC):
     """A model backend. Implement `generate`; optionally `stream` for incremental text.
 
     Backends are safe to share between concurrent sessions.
+
+    Args:
+        model: The model's name, recorded with every call.
+        context_window: The most tokens one request may hold (prompt and answer), for backends
+            that cannot find out themselves; not recorded, since it does not change an answer.
+        **parameters: What changes the answers (temperature, ...); recorded with every call.
     """
 
     model: str
     parameters: dict[str, Any]
+    _context_window: int | None = None
 
-    def __init__(self, model: str, **parameters: Any) -> None:
+    def __init__(self, model: str, *, context_window: int | None = None, **parameters: Any) -> None:
+        if context_window is not None and context_window < 1:
+            raise UsageError(
+                f"context_window must be a positive number of tokens, not {context_window}."
+            )
         self.model = model
         self.parameters = parameters
+        self._context_window = context_window
+
+    @property
+    def context_window(self) -> int | None:
+        """The most tokens one request may hold (prompt and answer), or None when unknown: then
+        no context policy applies and an overlong prompt fails at the provider."""
+        return self._context_window
+
+    def count_tokens(
+        self, messages: Sequence[dict[str, Any]], tools: Sequence[dict[str, Any]] | None = None
+    ) -> int:
+        """The tokens of a request with these messages and tools. Default:
+        `estimate_prompt_tokens`, which overcounts; backends with a tokenizer count exactly."""
+        return estimate_prompt_tokens(messages, tools)
+
+    def count_message_tokens(self, message: dict[str, Any]) -> int:
+        """The tokens one message adds to a request (what context policies count with).
+        Default: `estimate_message_tokens`."""
+        return estimate_message_tokens(message)
 
     @abstractmethod
     async def generate(self, prompt: Prompt) -> LLMOutput:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import MutableMapping
+from collections.abc import MutableMapping, Sequence
+from typing import Any
 
 from tapeagents.llms.base import LLM, LLMOutput, Prompt
 
@@ -34,3 +35,16 @@ class CachedLLM(LLM):
         output = await self.llm.generate(prompt)
         self.cache[key] = output
         return output
+
+    @property
+    def context_window(self) -> int | None:
+        """The wrapped LLM's context window."""
+        return self.llm.context_window
+
+    def count_tokens(
+        self, messages: Sequence[dict[str, Any]], tools: Sequence[dict[str, Any]] | None = None
+    ) -> int:
+        return self.llm.count_tokens(messages, tools)
+
+    def count_message_tokens(self, message: dict[str, Any]) -> int:
+        return self.llm.count_message_tokens(message)

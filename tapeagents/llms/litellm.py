@@ -13,11 +13,13 @@ Testing: keyword arguments whose names start with `mock_` (litellm's `mock_respo
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import logging
 import os
 import threading
 import warnings
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from types import ModuleType
 from typing import Any
 
@@ -31,6 +33,7 @@ from tapeagents.llms.base import (
     ToolCallRequest,
     TopLogprob,
     Usage,
+    image_tokens,
 )
 from tapeagents.llms.limits import RateLimit, RequestGate, RetryPolicy
 from tapeagents.secrets import is_secret_name, redact_url, scrub, url_secrets
@@ -49,6 +52,9 @@ _TRANSIENT_NAMES = (
     "BadGatewayError",
 )
 """litellm exceptions worth retrying; anything else (auth, bad request, ...) fails at once."""
+
+_LOGGING_WAIT = 5.0
+"""Longest wait, in seconds, for litellm's background logging of a request (`_settle_logging`)."""
 
 _RESERVED = frozenset({"model", "messages", "tools", "stream", "stream_options", "num_retries"})
 _MAX_DELAY = 30.0
@@ -79,6 +85,36 @@ def _import_litellm() -> ModuleType:
                 logging.getLogger(name).setLevel(logging.WARNING)
             _litellm = litellm
     return _litellm
+
+
+async def _settle_logging() -> None:
+    """Let litellm finish its background logging of the requests made so far, in this loop.
+
+    litellm hands a non-streamed request's success logging (its callbacks) to a worker bound to
+    the running event loop. `run_sync` runs each session on a new loop, so logging still queued
+    when a loop ends is carried into the next one with a warning ("LoggingWorker: event loop
+    changed; carried 1 pending ..."), and the last loop's only runs at exit. Waiting for it here
+    keeps every callback in the loop of its request. The wait is bounded: logging slower than
+    `_LOGGING_WAIT` is left to litellm, whose own warning then reports it. Versions of litellm
+    without these parts log differently, and nothing is waited for.
+    """
+    try:
+        from litellm.litellm_core_utils.logging_worker import GLOBAL_LOGGING_WORKER as worker
+    except ImportError:
+        return
+    try:  # the tasks that put each request's logging on the worker's queue
+        from litellm.responses.streaming_iterator import drain_logging_tasks
+    except ImportError:
+        await asyncio.sleep(0)  # older versions queue it at once; one turn lets others run
+    else:
+        await drain_logging_tasks(timeout=_LOGGING_WAIT)
+    flush = getattr(worker, "flush", None)
+    if flush is None:
+        return
+    try:
+        await asyncio.wait_for(flush(), timeout=_LOGGING_WAIT)
+    except TimeoutError:
+        pass  # still queued: litellm carries it on and says so
 
 
 class _Secret:
@@ -226,11 +262,14 @@ class LiteLLM(LLM):
     async def generate(self, prompt: Prompt) -> LLMOutput:
         litellm = _import_litellm()
         kwargs = self._kwargs(prompt)
-        response = await self.gate.send(
-            lambda: litellm.acompletion(**kwargs),
-            tokens=self.gate.tokens_for(prompt.messages, prompt.tools),
-            used=lambda response: _usage(_get(response, "usage")).total_tokens,
-        )
+        try:
+            response = await self.gate.send(
+                lambda: litellm.acompletion(**kwargs),
+                tokens=self.gate.tokens_for(prompt.messages, prompt.tools),
+                used=lambda response: _usage(_get(response, "usage")).total_tokens,
+            )
+        finally:
+            await _settle_logging()
         return self._output(litellm, response)
 
     async def stream(self, prompt: Prompt) -> AsyncIterator[TextDelta | LLMOutput]:
@@ -396,3 +435,82 @@ class LiteLLM(LLM):
             return float(prompt_cost + completion_cost)
         except Exception:  # models without a known price
             return None
+
+    # ------------------------------------------------------------ context window and counting
+
+    @property
+    def context_window(self) -> int | None:
+        """The most prompt tokens the model accepts: `context_window=` when given (pass it for
+        self-hosted or new models), else `max_input_tokens` from litellm's bundled model map;
+        None for a model the map does not know (then no context policy applies)."""
+        if self._context_window is not None:
+            return self._context_window
+        return _model_window(self.model)
+
+    def count_tokens(
+        self, messages: Sequence[dict[str, Any]], tools: Sequence[dict[str, Any]] | None = None
+    ) -> int:
+        """The request's tokens by litellm's tokenizer for the model (`litellm.token_counter`);
+        images count at the fixed `IMAGE_TOKENS` (never downloaded). Falls back to the
+        estimate when litellm cannot count these messages."""
+        litellm = _import_litellm()
+        texts, images = _without_images(messages)
+        try:
+            counted = litellm.token_counter(
+                model=self.model, messages=texts, tools=list(tools) if tools else None
+            )
+        except Exception:  # a content shape litellm does not know
+            return super().count_tokens(messages, tools)
+        return int(counted) + images
+
+    def count_message_tokens(self, message: dict[str, Any]) -> int:
+        """The tokens one message adds to a request, by litellm's tokenizer for the model."""
+        litellm = _import_litellm()
+        texts, images = _without_images([message])
+        try:
+            counted = litellm.token_counter(model=self.model, messages=texts)
+        except Exception:  # a content shape litellm does not know
+            return super().count_message_tokens(message)
+        return max(int(counted) - _request_overhead(self.model), 1) + images
+
+
+@functools.lru_cache(maxsize=256)
+def _model_window(model: str) -> int | None:
+    """`max_input_tokens` of `model` in litellm's bundled model map, or None if it has none."""
+    litellm = _import_litellm()
+    try:
+        info = litellm.get_model_info(model)
+    except Exception:  # litellm raises for every model it has not mapped
+        return None
+    window = info.get("max_input_tokens")
+    return int(window) if window else None
+
+
+@functools.lru_cache(maxsize=256)
+def _request_overhead(model: str) -> int:
+    """The tokens litellm counts for a request without messages (the reply's priming)."""
+    try:
+        return int(_import_litellm().token_counter(model=model, messages=[]))
+    except Exception:
+        return 0
+
+
+def _without_images(
+    messages: Sequence[dict[str, Any]],
+) -> tuple[list[dict[str, Any]], int]:
+    """The messages with their image parts removed (copies of those that had any), and the
+    images' tokens: images are counted at a fixed price instead of litellm's, which may fetch
+    an image to measure it."""
+    texts: list[dict[str, Any]] = []
+    images = 0
+    for message in messages:
+        content = message.get("content")
+        tokens = image_tokens(content)
+        if tokens and isinstance(content, list):
+            images += tokens
+            parts = [
+                p for p in content if not (isinstance(p, dict) and p.get("type") == "image_url")
+            ]
+            message = {**message, "content": parts or ""}
+        texts.append(message)
+    return texts, images

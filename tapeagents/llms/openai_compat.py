@@ -135,6 +135,10 @@ class OpenAICompatLLM(LLM):
         max_connections: Size of the connection pool (keep it at least the concurrency).
         prices: US dollars per million prompt and completion tokens, to report a cost.
         headers: More HTTP headers (not recorded).
+        context_window: The most tokens one request may hold (prompt and answer), as the
+            server was started with (vLLM's `--max-model-len`, llama.cpp's `--ctx-size`); the
+            server does not say, so without it no context policy applies. Prompts are counted
+            with `estimate_prompt_tokens` (an overestimate). Not recorded.
         **extra: Other request fields (`top_p`, `seed`, `stop`, `logprobs`, `top_logprobs`,
             `tool_choice`, server-specific ones such as vLLM's `top_k`); recorded.
 
@@ -157,6 +161,7 @@ class OpenAICompatLLM(LLM):
         max_connections: int = 512,
         prices: tuple[float, float] | None = None,
         headers: Mapping[str, str] | None = None,
+        context_window: int | None = None,
         **extra: Any,
     ) -> None:
         reserved = sorted(_RESERVED.intersection(extra))
@@ -185,7 +190,7 @@ class OpenAICompatLLM(LLM):
         if max_tokens is not None:
             params["max_tokens"] = max_tokens
         params.update(extra)
-        super().__init__(model, **params)
+        super().__init__(model, context_window=context_window, **params)
         self.base_url = _without_trailing_slash(base_url)
         self.timeout = timeout
         self.max_connections = max_connections

@@ -5,7 +5,8 @@ from __future__ import annotations
 import difflib
 import json
 from collections import defaultdict, deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 from tapeagents.errors import ReplayMismatch, UsageError
 from tapeagents.llms.base import LLM, LLMCall, LLMOutput, Prompt
@@ -43,13 +44,20 @@ class ReplayLLM(LLM):
     Identical prompts recorded several times are answered in recording order. A prompt that was
     never recorded raises `ReplayMismatch` showing the closest recorded prompt and the diff.
     Model name and parameters are those of the recording, so replayed calls get the same ids.
+
+    Args:
+        calls: The recorded calls.
+        like: The backend that was recorded. Its context window and token counts are used, so
+            that a context policy cuts a long conversation exactly as it did when recording;
+            without it the window is unknown and no policy applies.
     """
 
-    def __init__(self, calls: Iterable[LLMCall]) -> None:
+    def __init__(self, calls: Iterable[LLMCall], *, like: LLM | None = None) -> None:
         recorded = list(calls)
         if not recorded:
             raise UsageError("ReplayLLM needs at least one recorded LLMCall to answer from.")
         super().__init__(recorded[0].model, **recorded[0].parameters)
+        self.like = like
         self._calls = recorded
         self._by_prompt: dict[str, deque[LLMCall]] = defaultdict(deque)
         for call in recorded:
@@ -61,6 +69,23 @@ class ReplayLLM(LLM):
             call = queue.popleft() if len(queue) > 1 else queue[0]
             return call.output
         raise ReplayMismatch(self._explain_miss(prompt))
+
+    @property
+    def context_window(self) -> int | None:
+        """The recorded backend's context window (`like`), or None."""
+        return self.like.context_window if self.like is not None else None
+
+    def count_tokens(
+        self, messages: Sequence[dict[str, Any]], tools: Sequence[dict[str, Any]] | None = None
+    ) -> int:
+        if self.like is not None:
+            return self.like.count_tokens(messages, tools)
+        return super().count_tokens(messages, tools)
+
+    def count_message_tokens(self, message: dict[str, Any]) -> int:
+        if self.like is not None:
+            return self.like.count_message_tokens(message)
+        return super().count_message_tokens(message)
 
     def _explain_miss(self, prompt: Prompt) -> str:
         wanted = "\n".join(_prompt_lines(prompt))

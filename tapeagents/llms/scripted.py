@@ -23,13 +23,17 @@ class ScriptedLLM(LLM):
     """Answers with the given outputs in order, or with `function(prompt)`.
 
     Strings become text outputs. Token counts are word counts, which keeps tests readable.
+    `context_window` (tokens) lets tests exercise context policies; prompts are counted with
+    `estimate_prompt_tokens`.
 
     Example:
         >>> llm = ScriptedLLM(["Hello!", "Bye."])
     """
 
-    def __init__(self, script: Script, *, model: str = "scripted") -> None:
-        super().__init__(model)
+    def __init__(
+        self, script: Script, *, model: str = "scripted", context_window: int | None = None
+    ) -> None:
+        super().__init__(model, context_window=context_window)
         self._function: Callable[[Prompt], Answer] | None = None
         self._answers: list[Answer] = []
         if callable(script):

@@ -27,6 +27,7 @@ class TestLLM(LLM):
         text: The text answer once every tool has been called.
         call_tools: Which offered tools to call: "all", or a list of tool names.
         model: The model name recorded in `LLMCall`s.
+        context_window: The context window to report (tokens), to exercise context policies.
 
     Example:
         >>> llm = TestLLM(text="All done.")
@@ -40,8 +41,9 @@ class TestLLM(LLM):
         text: str = "Done.",
         call_tools: Literal["all"] | Sequence[str] = "all",
         model: str = "test",
+        context_window: int | None = None,
     ) -> None:
-        super().__init__(model)
+        super().__init__(model, context_window=context_window)
         self.text = text
         self.call_tools = call_tools if call_tools == "all" else list(call_tools)
         self.prompts: list[Prompt] = []

@@ -248,3 +248,20 @@ def test_tool_calls_written_as_text_become_tool_calls() -> None:
     assert (call.name, call.arguments) == ("calculator", '{"expression": "12*7"}')
     other = LLMOutput(content='{"name": "unknown", "arguments": {}} and {broken')
     assert read_tool_calls(other, prompt) == other
+
+
+def test_context_window_and_token_counts_need_no_weights(llm: LocalLLM) -> None:
+    llm._load()  # converts the model into this module's cache, as the other tests do
+    fresh = LocalLLM(engine="transformers")
+    assert fresh.context_window == llm._load().context_window == 8192  # SmolLM2's config
+    messages = [{"role": "system", "content": "Be brief."}, *QUESTION]
+    assert fresh.count_tokens(messages) == len(prompt_ids(fresh._load_tokenizer(), messages))
+    # one message's count is what it adds to a prompt under the chat template
+    assert fresh.count_tokens(messages) == (
+        fresh.count_tokens(messages[:1]) + fresh.count_message_tokens(QUESTION[0])
+    )
+    assert fresh._loaded is None  # only the tokenizer and config were read
+    if importlib.util.find_spec("llama_cpp") is not None:
+        engine = LocalLLM(engine="llama.cpp")
+        assert engine.context_window == 4096  # the engine's sequences, below the trained 8192
+        assert engine._llama is None  # the engine was not started to answer

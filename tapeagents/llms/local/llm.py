@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -18,6 +18,7 @@ from tapeagents.llms.base import (
     TokenLogprob,
     TopLogprob,
     Usage,
+    estimate_message_tokens,
 )
 from tapeagents.llms.local.chat import chat_messages, check_context, prompt_ids, read_tool_calls
 from tapeagents.llms.local.generation import TextStreamer, generate_ids, score_ids, token_logprobs
@@ -41,6 +42,14 @@ Engine = Literal["auto", "llama.cpp", "transformers"]
 
 _TOKENIZERS: dict[Path, LoadedModel] = {}
 """Tokenizers loaded without weights, by directory (guarded by `LOAD_LOCK`)."""
+_SLOT_CONTEXT = 4096
+"""Tokens each concurrent sequence of the llama.cpp engine may hold (at most the trained
+context): the engine's context window."""
+_BASELINE: dict[str, Any] = {"role": "system", "content": "."}
+"""A message that one message's count is measured against (the template's own preamble,
+such as a default system prompt, is then not counted with every message)."""
+_BASELINES: dict[str, int] = {}
+_TURNS: dict[tuple[str, str], int] = {}
 
 __all__ = ["LocalLLM"]
 
@@ -274,10 +283,63 @@ class LocalLLM(LLM):
     @property
     def context_window(self) -> int | None:
         """The most tokens the model can attend to (prompt and answer), when its config says
-        (with llama.cpp: the tokens each concurrent sequence may hold)."""
+        (with llama.cpp: the tokens each concurrent sequence may hold). Reads the config only:
+        no weights are loaded to answer."""
         if self.engine == "llama.cpp":
-            return self._engine().context_window
+            if self._llama is not None:
+                return self._llama.context_window
+            trained = self._load_tokenizer().context_window
+            return min(_SLOT_CONTEXT, trained) if trained else _SLOT_CONTEXT
         return (self._loaded or self._load_tokenizer()).context_window
+
+    def count_tokens(
+        self, messages: Sequence[dict[str, Any]], tools: Sequence[dict[str, Any]] | None = None
+    ) -> int:
+        """The request's tokens as this model reads it: the chat template applied by the
+        model's tokenizer (loads the tokenizer only)."""
+        loaded = self._loaded or self._load_tokenizer()
+        tool_list = list(tools) if tools else None
+        if messages:
+            return len(prompt_ids(loaded, list(messages), tool_list))
+        return len(prompt_ids(loaded, [_BASELINE], tool_list)) - self._baseline_tokens(loaded)
+
+    def count_message_tokens(self, message: dict[str, Any]) -> int:
+        """The tokens one message adds to a prompt: its text by the model's tokenizer plus the
+        chat template's turn markers for its role (measured once). Images are not shown to
+        this model and count nothing."""
+        loaded = self._loaded or self._load_tokenizer()
+        if message.get("tool_calls") and loaded.supports_tool_calls:
+            return self._templated_tokens(loaded, message)  # the template's own call syntax
+        (rendered,) = chat_messages(loaded, [message], None)
+        text = loaded.tokenizer.encode(
+            rendered["content"], add_special_tokens=False, split_special_tokens=True
+        )
+        return len(text) + self._turn_tokens(loaded, str(rendered["role"]))
+
+    def _templated_tokens(self, loaded: LoadedModel, message: dict[str, Any]) -> int:
+        """What `message` adds to a prompt holding only `_BASELINE`, by the chat template."""
+        try:
+            with_message = len(prompt_ids(loaded, [_BASELINE, message]))
+        except Exception:  # a message the template refuses on its own: estimate it
+            return estimate_message_tokens(message)
+        return max(with_message - self._baseline_tokens(loaded), 1)
+
+    def _turn_tokens(self, loaded: LoadedModel, role: str) -> int:
+        """The template's tokens around one message of `role` (cached per tokenizer and role)."""
+        key = (loaded.path, role)
+        cached = _TURNS.get(key)
+        if cached is None:
+            probe = {"role": role, "content": "x"}
+            text = loaded.tokenizer.encode("x", add_special_tokens=False)
+            cached = _TURNS[key] = max(self._templated_tokens(loaded, probe) - len(text), 0)
+        return cached
+
+    def _baseline_tokens(self, loaded: LoadedModel) -> int:
+        """Tokens of the prompt holding only `_BASELINE` (cached per tokenizer)."""
+        cached = _BASELINES.get(loaded.path)
+        if cached is None:
+            cached = _BASELINES[loaded.path] = len(prompt_ids(loaded, [_BASELINE]))
+        return cached
 
     # ------------------------------------------------------------------ loading
 
@@ -315,7 +377,9 @@ class LocalLLM(LLM):
 
                 lora = gguf_adapter(Path(self.adapter).expanduser(), gguf)
             weights = gguf if self.quantized else f16_weights(gguf)
-            self._llama = shared_engine(weights, lora, threads=available_cores())
+            self._llama = shared_engine(
+                weights, lora, threads=available_cores(), slot_context=_SLOT_CONTEXT
+            )
         return self._llama
 
     # ------------------------------------------------------------------ llama.cpp
