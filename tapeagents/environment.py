@@ -30,6 +30,11 @@ __all__ = ["Environment", "ToolEnvironment", "ToolSpec", "observe", "react_sync"
 class Environment:
     """Answers actions with observations. Override `react`; `aclose` releases resources."""
 
+    concurrent: bool = False
+    """Whether the actions of one model answer may be performed at the same time (their
+    observations still go on the tape in the order of the actions). Off by default: a browser
+    performs one action at a time."""
+
     async def react(self, action: Action, tape: Tape[Any, Any]) -> Observation:
         """Perform `action` and describe the result. Unknown actions get an error observation."""
         return ErrorObservation(
@@ -155,7 +160,9 @@ class ToolSpec(BaseModel):
 class ToolEnvironment(Environment):
     """Runs `ToolCall`s against plain Python functions.
 
-    Sync functions run in a worker thread so they never block other sessions. A function that
+    Sync functions run in a worker thread so they never block other sessions, and the calls of
+    one model answer run at the same time (`concurrent=False` runs them one by one, for functions
+    that share state without a lock). A function that
     raises, an unknown tool name or invalid arguments give a `ToolResult` with `error` set: the
     model sees the message and can correct itself.
 
@@ -168,7 +175,10 @@ class ToolEnvironment(Environment):
         ['add']
     """
 
-    def __init__(self, functions: Sequence[Callable[..., Any] | ToolSpec]) -> None:
+    def __init__(
+        self, functions: Sequence[Callable[..., Any] | ToolSpec], *, concurrent: bool = True
+    ) -> None:
+        self.concurrent = concurrent
         self.tools = [
             f if isinstance(f, ToolSpec) else ToolSpec.from_function(f) for f in functions
         ]

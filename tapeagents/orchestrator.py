@@ -2,8 +2,9 @@
 
 `run` is an async generator of events; everything else (`run_sync`, the CLI, batch runs)
 drains it. Each turn the environment first answers the pending actions (exactly one
-observation each), then the agent's next node adds steps. The run ends with a `Finished` event
-that says why:
+observation each, in their order; the actions of one answer are performed at the same time when
+the environment is `concurrent`), then the agent's next node adds steps. The run ends with a
+`Finished` event that says why:
 
 - `"stopped"`: the agent wrote a `StopStep`;
 - `"awaiting_input"`: the agent asked the user something (an `awaits_input` action);
@@ -204,8 +205,7 @@ async def _turns(
                 return
             await recorder.settle()  # the actions are stored before anything is done about them
             observations: list[Observation] = []
-            for action in actions:
-                observation = await observe(env, action, tape)
+            async for observation in _performed(env, actions, tape):
                 yield await recorder.append(observation)
                 appended += 1
                 observations.append(observation)
@@ -263,6 +263,25 @@ async def _turns(
             raise UsageError(f"Node {node.name!r} of agent {path!r} produced no steps.")
         for event in await recorder.write(first, behind=True):
             yield event
+
+
+async def _performed(
+    env: Environment, actions: list[Action], tape: Tape[Any, Any]
+) -> AsyncIterator[Observation]:
+    """The observations of `actions`, in their order; performed at the same time when the
+    environment allows it (each is reported as soon as it and those before it are done)."""
+    if not env.concurrent or len(actions) == 1:
+        for action in actions:
+            yield await observe(env, action, tape)
+        return
+    tasks = [asyncio.ensure_future(observe(env, action, tape)) for action in actions]
+    try:
+        for task in tasks:
+            yield await task
+    finally:  # a cancelled run leaves no action running
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 class _Refused(Exception):

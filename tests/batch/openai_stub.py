@@ -11,6 +11,9 @@ The model name picks the behaviour:
 - `garbage`: 200 with an HTML page.
 - `drop`: streams one word, then breaks the connection.
 - `slow-MS`: echo after MS milliseconds.
+- `mixed`: like echo, but `call <tool>` gets the answer hosted models send most: text
+  ("Let me check.") and two calls of the tool (a=1 and a=2) in one answer, streamed as
+  interleaved content and tool-call deltas.
 
 Every request is kept in `Stub.requests` (headers and JSON body) for assertions.
 """
@@ -104,7 +107,9 @@ class Stub:
             await self._stream(send, model, words, tool, usage, logprobs, request)
             return
         message: dict[str, Any] = {"role": "assistant", "content": " ".join(words)}
-        if tool:
+        if tool and model == "mixed":
+            message = {"role": "assistant", "content": MIXED_TEXT, "tool_calls": mixed_calls(tool)}
+        elif tool:
             message = {
                 "role": "assistant",
                 "content": None,
@@ -150,7 +155,15 @@ class Stub:
             )
 
         await send({"type": "http.response.body", "body": b": keep-alive\n\n", "more_body": True})
-        if tool:
+        if tool and model == "mixed":
+            first, second = MIXED_TEXT.split(" ", 1)
+            await event({"choices": [{"index": 0, "delta": {"content": first}}]})
+            for index, call in enumerate(mixed_calls(tool)):
+                piece = {"index": index, "id": call["id"], "function": call["function"]}
+                await event({"choices": [{"index": 0, "delta": {"tool_calls": [piece]}}]})
+                if index == 0:
+                    await event({"choices": [{"index": 0, "delta": {"content": " " + second}}]})
+        elif tool:
             for piece in (
                 {"id": "call_1", "function": {"name": tool, "arguments": '{"a": '}},
                 {"function": {"arguments": '2, "b": 3}'}},
@@ -181,6 +194,21 @@ class Stub:
         raw += [(k.encode(), v.encode()) for k, v in (headers or {}).items()]
         await send({"type": "http.response.start", "status": status, "headers": raw})
         await send({"type": "http.response.body", "body": body})
+
+
+MIXED_TEXT = "Let me check."
+
+
+def mixed_calls(tool: str) -> list[dict[str, Any]]:
+    """The two tool calls of a `mixed` answer."""
+    return [
+        {
+            "id": f"call_{a}",
+            "type": "function",
+            "function": {"name": tool, "arguments": json.dumps({"a": a, "b": 10})},
+        }
+        for a in (1, 2)
+    ]
 
 
 def free_port() -> int:
