@@ -228,6 +228,7 @@ class UserMessage(Observation):
 
     kind: Literal["user"] = "user"
     content: str
+    """What the user wrote."""
 
 
 class AssistantMessage(Action):
@@ -252,6 +253,7 @@ class SetNextNode(Thought):
 
     kind: Literal["set_next_node"] = "set_next_node"
     next_node: str
+    """The name of the node, of the agent that holds the tape, that runs next."""
 
 
 class Call(Thought):
@@ -259,7 +261,9 @@ class Call(Thought):
 
     kind: Literal["call"] = "call"
     agent_name: str
+    """The name of the subagent that takes over the tape (one of the caller's `subagents`)."""
     content: str = ""
+    """The request to the subagent."""
 
 
 class Respond(Thought):
@@ -267,6 +271,7 @@ class Respond(Thought):
 
     kind: Literal["respond"] = "respond"
     content: str
+    """The subagent's answer to the request it was called with."""
 
 
 class ToolCall(Action):
@@ -286,7 +291,9 @@ class ToolResult(Observation):
 
     kind: Literal["tool_result"] = "tool_result"
     name: str
+    """The name of the tool that ran."""
     call_id: str
+    """The `call_id` of the `ToolCall` this result answers."""
     content: str
     """The result as text (JSON for structured results)."""
     error: str | None = None
@@ -298,6 +305,7 @@ class ErrorObservation(Observation):
 
     kind: Literal["error_observation"] = "error_observation"
     error: str
+    """Why the action could not be performed."""
 
 
 class FinalAnswer(StopStep):
@@ -305,6 +313,7 @@ class FinalAnswer(StopStep):
 
     kind: Literal["final_answer"] = "final_answer"
     answer: str
+    """The answer, as text."""
 
 
 class ParsingFailure(Error):

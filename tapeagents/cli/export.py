@@ -393,7 +393,19 @@ def _print_report(
 def _export_eval(
     store: TapeStore, selection: Selection, out_path: Path, matrix: Path | None
 ) -> ExportReport:
-    from tapeagents.export import ExportReport, eval_records, response_matrix, write_eval_records
+    """`--format eval`: the records, and with `--matrix` the response matrix.
+
+    No tape selected writes nothing and exits 1. Tapes without a task id or a score are said on
+    stderr with how to record them; when that leaves the matrix empty, the records are written
+    but the matrix is not (an empty file would pass for a result), and the command exits 1.
+    """
+    from tapeagents.export import (
+        ExportReport,
+        eval_records,
+        missing_scores,
+        response_matrix,
+        write_eval_records,
+    )
 
     total = _count(store, selection)
     records = []
@@ -403,11 +415,26 @@ def _export_eval(
         for record in eval_records(store, selection, report=report):
             records.append(record)
             progress.update(task, completed=report.tapes + len(report.unreadable))
+    if not records and not report.unreadable:
+        raise fail(
+            "No tape matched the selection, so nothing was written. Check the tape ids and the "
+            "filters (`tapeagents ls` with the same filters lists what they select).",
+            code=1,
+        )
     count = write_eval_records(records, out_path)
     console = out()
     console.print(f"Wrote {count} evaluation records to {escape(str(out_path))}.")
-    if matrix is not None:
-        built = response_matrix(records)
+    gaps = missing_scores(records)
+    built = response_matrix(records) if matrix is not None else None
+    if built is not None and not built.tasks:
+        why = gaps or "no tape the store can read was selected."
+        refused = fail(f"The response matrix was not written: {why}", code=1)
+        if not report.unreadable:
+            raise refused
+        return report  # the caller lists the unreadable tapes, then exits 1
+    if gaps is not None:
+        err().print(f"[yellow]Note: {escape(gaps)}[/]")
+    if built is not None and matrix is not None:
         built.write(matrix)
         console.print(
             f"Wrote the {len(built.subjects)} × {len(built.tasks)} response matrix to "

@@ -15,6 +15,7 @@ from tapeagents.cli.common import (
     open_store,
     out,
 )
+from tapeagents.errors import UsageError
 from tapeagents.llms import LLMCall
 from tapeagents.loading import load_agent, load_environment
 from tapeagents.orchestrator import Finished, LLMCallMade, StepAppended, run
@@ -178,14 +179,35 @@ def replay(
     tape_id: IdArgument,
     agent_path: AgentOption,
     env_path: EnvOption = None,
+    live: Annotated[
+        bool,
+        typer.Option(
+            "--live",
+            help="Answer actions with the environment that --agent returns (its tools run) "
+            "and compare its observations with the tape's.",
+        ),
+    ] = False,
     db: DbOption = None,
 ) -> None:
     """Re-run an agent against a tape's recorded LLM calls and report the first difference.
 
-    The world's answers come from the tape, or from --env when given. Exits with 0 when the
-    agent reproduces the tape and 1 when it does not.
+    The world's answers come from the tape, so no tool runs, unless --env is given (or --live,
+    for the environment that --agent returns). Exits with 0 when the agent reproduces the tape
+    and 1 when it does not.
     """
     agent, env = _agent_and_env(agent_path, env_path)
+    if env_path is None and not live:
+        if env is not None:
+            err().print(
+                "[dim]Note: the environment that --agent returns is not used; the world's "
+                "answers come from the tape. Pass --live to run its tools.[/]"
+            )
+        env = None  # replay promises that no tool runs unless asked
+    elif env is None:
+        raise UsageError(
+            f"--live needs an environment, but --agent {agent_path!r} returns only an agent. "
+            "Pass --env MODULE:ATTR, or return (agent, environment) from the --agent function."
+        )
     with open_store(db) as store:
         tape = store.get(store.resolve_id(tape_id))
         llm_calls = store.llm_calls_of(tape)

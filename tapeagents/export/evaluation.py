@@ -33,6 +33,7 @@ __all__ = [
     "Score",
     "eval_record",
     "eval_records",
+    "missing_scores",
     "read_eval_records",
     "response_matrix",
     "write_eval_records",
@@ -268,6 +269,44 @@ def response_matrix(records: Iterable[EvalRecord], *, score: Score = "auto") -> 
         ],
         counts=[[counts.get((s, t), 0) for t in task_list] for s in subject_list],
     )
+
+
+_HOW_TO_SCORE = (
+    "Record them on each tape's metadata: the task id when the run starts "
+    "(Tape(metadata=TapeMetadata(task_id=...)); `tapeagents batch` sets it), and the outcome "
+    '("success", "failure") or the reward once the run is judged, saved with '
+    "store.set_status(tape.id, status, metadata=tape.metadata). Scoring environments "
+    "(MiniWoB, the form filler) record both themselves."
+)
+"""How to give tapes what the response matrix needs; the end of `missing_scores`' message."""
+
+
+def missing_scores(records: Sequence[EvalRecord], *, score: Score = "auto") -> str | None:
+    """What keeps records out of the response matrix, and how to record it; None if nothing.
+
+    The matrix holds only tapes that have a task id and a score (see `Score`); an export over
+    tapes that have neither would otherwise be an empty matrix without a word of why.
+    """
+    what = {"auto": "outcome or reward", "reward": "reward", "success": "outcome"}[score]
+    total = len(records)
+    no_task = sum(record.task_id is None for record in records)
+    no_score = sum(_score(record, score) is None for record in records)
+    if not no_task and not no_score:
+        return None
+    missing = []
+    if no_task:
+        missing.append(f"{no_task} of {total} {_tapes(total)} no task id")
+    if no_score:
+        missing.append(f"{no_score} of {total} {_tapes(total)} no {what}")
+    usable = sum(r.task_id is not None and _score(r, score) is not None for r in records)
+    return (
+        f"{' and '.join(missing)}: the response matrix holds only tapes with a task id and a "
+        f"score ({what}), {usable} of {total} here. {_HOW_TO_SCORE}"
+    )
+
+
+def _tapes(count: int) -> str:
+    return "tape has" if count == 1 else "tapes have"
 
 
 def _score(record: EvalRecord, score: Score) -> float | None:

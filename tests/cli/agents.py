@@ -43,6 +43,25 @@ def calc_with_env() -> tuple[Agent, ToolEnvironment]:
     return calc_agent(), calc_env()
 
 
+TOOL_RUNS: list[tuple[int, int]] = []
+"""The arguments of every run of `recording_env`'s `add`: proof of whether a tool ran."""
+
+
+def recording_env() -> ToolEnvironment:
+    """Like `calc_env`, but its `add` notes each run in `TOOL_RUNS`."""
+
+    def add(a: int, b: int) -> int:
+        """Add two integers."""
+        TOOL_RUNS.append((a, b))
+        return a + b
+
+    return ToolEnvironment([add])
+
+
+def calc_with_recording_env() -> tuple[Agent, ToolEnvironment]:
+    return calc_agent(), recording_env()
+
+
 ready_agent = chat_agent()
 not_an_agent = 42
 

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from tapeagents import LeaseHeld, Tape, UserMessage, run_sync
+from tapeagents import LeaseHeld, Tape, ToolResult, UserMessage, run_sync
 from tapeagents.store import TapeStore
-from tests.cli.agents import chat_agent
+from tests.cli.agents import TOOL_RUNS, chat_agent
 from tests.cli.conftest import Invoke, make_invoke
 from tests.store.conftest import postgres_database
 
@@ -125,6 +125,49 @@ def test_replay_passes_for_the_same_agent(cli: Invoke, ids: dict[str, str]) -> N
         "tests.cli.agents:calc_env",
     )
     assert live.exit_code == 0, live.output
+
+
+def test_replay_runs_no_tool_of_the_agents_environment_unless_asked(
+    fresh: tuple[str, dict[str, str]],
+) -> None:
+    url, ids = fresh
+    with TapeStore(url) as store:  # an edited fork: the tool "answered" 7 instead of 5
+        tape = store.get(ids["calc"])
+        result = tape.steps[2]
+        assert isinstance(result, ToolResult) and result.content == "5"
+        edited = result.model_copy(update={"content": "7"})
+        child = store.fork(tape, 3, edits={2: edited}).id
+    cli = make_invoke(url)
+    factory = "tests.cli.agents:calc_with_recording_env"  # returns (agent, env)
+    TOOL_RUNS.clear()
+    replayed = cli("replay", child, "--agent", factory)
+    assert replayed.exit_code == 0, replayed.output
+    assert "replay passed (3 steps checked)" in replayed.stdout
+    assert TOOL_RUNS == []  # the edited answer came from the tape; the tool never ran
+    assert "Pass --live to run its tools" in " ".join(replayed.stderr.split())
+
+    live = cli("replay", child, "--agent", factory, "--live")
+    assert live.exit_code == 1, live.output
+    assert TOOL_RUNS == [(2, 3)]
+    assert "replay differs at step 2" in live.stdout
+    assert "The environment answered differently." in live.stdout
+
+    TOOL_RUNS.clear()
+    with_env = cli(
+        "replay",
+        child,
+        "--agent",
+        "tests.cli.agents:calc_agent",
+        "--env",
+        "tests.cli.agents:recording_env",
+    )
+    assert with_env.exit_code == 1, with_env.output
+    assert TOOL_RUNS == [(2, 3)]
+    assert "replay differs at step 2" in with_env.stdout
+
+    no_env = cli("replay", child, "--agent", "tests.cli.agents:calc_agent", "--live")
+    assert no_env.exit_code == 2
+    assert "--live needs an environment" in no_env.stderr
 
 
 def test_replay_reports_the_first_difference(cli: Invoke, ids: dict[str, str]) -> None:

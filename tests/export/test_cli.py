@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 
+from tapeagents import run_sync
 from tapeagents.export import Selection, chat_record, training_examples
 from tapeagents.store import TapeStore
 from tests.cli.conftest import make_invoke
-from tests.export.agents import calc_agent, json_agent, solve
+from tests.export.agents import calc_agent, calc_env, json_agent, solve
 
 
 @pytest.fixture
@@ -110,6 +111,50 @@ def test_eval_format_and_matrix(filled, tmp_path: Path) -> None:
     header, row = (tmp_path / "matrix.csv").read_text().splitlines()
     assert header.startswith("subject,0+3,1+3") and row.startswith("calc@scripted,1,1")
     assert "Wrote the 1 × 8 response matrix" in result.output
+
+
+def test_eval_over_tapes_without_outcomes_says_what_is_missing(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'tapes.db'}"
+    with TapeStore(url) as store:  # plain runs: no task id, no outcome, no reward
+        for a in range(3):
+            run_sync(calc_agent(), f"What is {a} + 3?", calc_env(), store=store)
+    cli = make_invoke(url)
+    records, matrix = tmp_path / "eval.csv", tmp_path / "matrix.csv"
+    result = cli("export", "-f", "eval", "-o", str(records), "--matrix", str(matrix))
+    assert result.exit_code == 1, result.output
+    assert len(records.read_text().splitlines()) == 4  # the records are still worth having
+    assert not matrix.exists()  # no 0 × 0 matrix passing for a result
+    stderr = " ".join(result.stderr.split())
+    assert "Error: The response matrix was not written: 3 of 3 tapes have no task id and " in stderr
+    assert "3 of 3 tapes have no outcome or reward" in stderr and "0 of 3 here" in stderr
+    assert "store.set_status(tape.id, status, metadata=tape.metadata)" in stderr
+
+    alone = cli("export", "-f", "eval", "-o", str(records))  # no matrix asked: a note, exit 0
+    assert alone.exit_code == 0, alone.output
+    assert "Wrote 3 evaluation records" in alone.stdout
+    assert "Note: 3 of 3 tapes have no task id" in " ".join(alone.stderr.split())
+
+    none = cli("export", "-f", "eval", "--tag", "nothing", "-o", str(tmp_path / "none.csv"))
+    assert none.exit_code == 1, none.output
+    assert "No tape matched the selection, so nothing was written" in " ".join(none.stderr.split())
+    assert not (tmp_path / "none.csv").exists()
+
+
+def test_eval_with_some_tapes_unscored_writes_the_matrix_and_says_so(
+    filled, tmp_path: Path
+) -> None:
+    url, _ = filled
+    with TapeStore(url) as store:
+        run_sync(calc_agent(), "What is 1 + 1?", calc_env(), store=store)  # not judged
+    result = make_invoke(url)(
+        "export", "-f", "eval", "-o", str(tmp_path / "eval.csv"),
+        "--matrix", str(tmp_path / "matrix.csv"),
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "Wrote the 1 × 8 response matrix" in result.stdout
+    stderr = " ".join(result.stderr.split())
+    assert "1 of 9 tapes have no task id and 1 of 9 tapes have no outcome or reward" in stderr
+    assert "8 of 9 here" in stderr
 
 
 def test_training_formats_need_an_agent(filled, tmp_path: Path) -> None:

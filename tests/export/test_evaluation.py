@@ -13,6 +13,7 @@ from tapeagents.export import (
     Selection,
     eval_record,
     eval_records,
+    missing_scores,
     read_eval_records,
     response_matrix,
     write_eval_records,
@@ -102,3 +103,19 @@ def test_response_matrix_of_subjects_and_tasks(tmp_path: Path) -> None:
 
     by_success = response_matrix((eval_record(t, c) for t, c in runs), score="success")
     assert by_success.scores[0][0] == 0.0  # outcome "failure" twice, whatever the reward
+
+
+def test_missing_scores_says_what_keeps_tapes_out_of_the_matrix() -> None:
+    judged = solve(None, json_agent("good"), 1, 1, task="add-1")  # outcome and reward
+    unjudged = question(2, 2, task="add-2")  # a task, never judged
+    records = [eval_record(judged, []), eval_record(unjudged, [])]
+    assert missing_scores(records[:1]) is None
+    gaps = missing_scores(records)
+    assert gaps is not None
+    assert gaps.startswith("1 of 2 tapes have no outcome or reward: the response matrix holds")
+    assert "1 of 2 here" in gaps and "no task id" not in gaps
+    assert "store.set_status(tape.id, status, metadata=tape.metadata)" in gaps
+    judged.metadata.reward = None  # by reward alone, the judged tape has no score either
+    by_reward = missing_scores([eval_record(judged, [])], score="reward")
+    assert by_reward is not None and by_reward.startswith("1 of 1 tape has no reward")
+    assert response_matrix(records[1:]).tasks == []  # what the CLI refuses to write

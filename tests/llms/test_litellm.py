@@ -1,4 +1,5 @@
-"""Offline tests of `LiteLLM`: litellm's `mock_response` and `mock_tool_calls` act as the server."""
+"""Offline tests of `LiteLLM`: litellm's `mock_response` and `mock_tool_calls` act as the server,
+or a stub OpenAI chat server on 127.0.0.1."""
 
 from __future__ import annotations
 
@@ -6,13 +7,21 @@ import os
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # before anything imports litellm
 
+import asyncio
+import json
+import logging
 import subprocess
 import sys
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
 
+from tapeagents import Agent, AssistantMessage, LLMNode, run_sync
 from tapeagents.errors import ContextWindowExceeded, LLMError, UsageError
+from tapeagents.llms import LLM, CachedLLM
 from tapeagents.llms.base import LLMOutput, Prompt, TextDelta, ToolCallRequest
 from tapeagents.llms.litellm import LiteLLM
 
@@ -364,3 +373,122 @@ def test_missing_litellm_is_a_usage_error(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setitem(sys.modules, "litellm", None)  # makes `import litellm` fail
     with pytest.raises(UsageError, match=r"pip install 'tapeagents\[litellm\]'"):
         module._import_litellm()
+
+
+# ----------------------------------------------------------------------------- log noise
+
+
+class _ChatHandler(BaseHTTPRequestHandler):
+    """An OpenAI chat endpoint that answers "echo: <last message>", streamed or not."""
+
+    def log_message(self, format: str, *args: Any) -> None:  # quiet, like a real server
+        pass
+
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers["content-length"])))
+        text = f"echo: {body['messages'][-1]['content']}"
+        usage = {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}
+        head = {"id": "chatcmpl-1", "created": 0, "model": body["model"]}
+        if body.get("stream"):
+            self.send_response(200)
+            self.send_header("content-type", "text/event-stream")
+            self.end_headers()
+            delta = {"role": "assistant", "content": text}
+            for chunk in (
+                {**head, "choices": [{"index": 0, "delta": delta, "finish_reason": None}]},
+                {**head, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]},
+                {**head, "choices": [], "usage": usage},
+            ):
+                self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
+            self.wfile.write(b"data: [DONE]\n\n")
+            return
+        message = {"role": "assistant", "content": text}
+        data = json.dumps(
+            {
+                **head,
+                "object": "chat.completion",
+                "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
+                "usage": usage,
+            }
+        ).encode()
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+
+@pytest.fixture(scope="module")
+def chat_server() -> Iterator[str]:
+    """A real HTTP server on 127.0.0.1 speaking the OpenAI chat API; yields its /v1 URL."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _ChatHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/v1"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+
+
+def _two_sessions(base_url: str, *, cached: bool) -> list[str]:
+    """Two `run_sync` sessions (each on its own event loop) with a LiteLLM backend."""
+    llm: LLM = LiteLLM("openai/echo", api_base=base_url, api_key="sk-test")
+    if cached:  # CachedLLM asks `generate`, litellm's non-streamed path; LLMNode streams
+        llm = CachedLLM(llm)
+    agent = Agent("chat", nodes=[LLMNode()], llms=llm)
+    answers = []
+    for question in ("first?", "second?"):
+        result = run_sync(agent, question)
+        last = result.tape.steps[-1]
+        assert isinstance(last, AssistantMessage), result
+        answers.append(last.content)
+    return answers
+
+
+LOOP_CHANGED = "event loop changed"
+
+
+def _loop_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """litellm's warnings about its logging worker changing loops (its debug notes aside)."""
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.levelno >= logging.WARNING and LOOP_CHANGED in r.getMessage().lower()
+    ]
+
+
+@pytest.mark.parametrize("cached", [True, False], ids=["generate", "stream"])
+def test_run_sync_sessions_leave_no_logging_worker_warning(
+    chat_server: str,
+    cached: bool,
+    capfd: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="LiteLLM"):
+        answers = _two_sessions(chat_server, cached=cached)
+    assert answers == ["echo: first?", "echo: second?"]
+    assert _loop_warnings(caplog) == []
+    assert LOOP_CHANGED not in capfd.readouterr().err.lower()
+    # nothing was silenced: litellm's own warnings still reach the user
+    assert logging.getLogger("LiteLLM").isEnabledFor(logging.WARNING)
+
+
+def test_without_the_wait_litellm_warns_across_loops(
+    chat_server: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The control: the sessions above do reproduce the warning when LiteLLM does not wait."""
+    import tapeagents.llms.litellm as module
+
+    pytest.importorskip("litellm.litellm_core_utils.logging_worker")
+    asyncio.run(module._settle_logging())  # start from an empty queue
+
+    async def nothing() -> None:
+        pass
+
+    monkeypatch.setattr(module, "_settle_logging", nothing)
+    with caplog.at_level(logging.WARNING, logger="LiteLLM"):
+        _two_sessions(chat_server, cached=True)
+    assert _loop_warnings(caplog)  # "LoggingWorker: event loop changed; carried 1 pending ..."
+    asyncio.run(module._settle_logging())  # leave nothing queued for the next test
