@@ -56,11 +56,15 @@ def render_prefixes(
     steps: Sequence[Step],
     ends: Sequence[int],
     inverses: Mapping[int, LLMOutput] | None = None,
+    *,
+    images: bool = False,
 ) -> dict[int, list[dict[str, Any]]]:
     """The chat messages `node` renders for each prefix `steps[:end]`, one pass per agent view.
 
     An `end` inside the steps of one model output is left out (the caller renders that prefix
     on its own). `inverses` holds outputs already computed, by the index of their first step.
+    With `images`, the images of observations are image content parts (else a note says they
+    are not shown).
     """
     views = TapeViews(steps)
     by_view: dict[tuple[str, int], list[int]] = {}
@@ -68,7 +72,7 @@ def render_prefixes(
         by_view.setdefault(views.view(end), []).append(end)
     result: dict[int, list[dict[str, Any]]] = {}
     for (path, start), view_ends in by_view.items():
-        builder = _Builder(node, views, path, start, inverses or {})
+        builder = _Builder(node, views, path, start, inverses or {}, images)
         result.update(builder.run(view_ends))
     return result
 
@@ -97,8 +101,12 @@ class _Builder:
         path: str,
         start: int,
         inverses: Mapping[int, LLMOutput],
+        images: bool,
     ) -> None:
         self.node = node
+        self.images = images
+        self.deferred: list[dict[str, Any]] = []
+        """User messages with the images of tool results, sent once the tool messages end."""
         self.views = views
         self.path = path
         self.start = start
@@ -148,23 +156,31 @@ class _Builder:
 
     def closed(self) -> list[dict[str, Any]]:
         """The messages so far, with the calls still waiting answered "no result"."""
-        return self.messages + [
-            _tool_message(call_id, NO_RESULT) for call_id in self.waiting.values()
-        ]
+        unanswered = [_tool_message(call_id, NO_RESULT) for call_id in self.waiting.values()]
+        return self.messages + unanswered + self.deferred
 
     def add(self, message: dict[str, Any]) -> None:
         """Append a message that is not a tool result (it ends the last tool-call block)."""
         for call_id in self.waiting.values():
             self.messages.append(_tool_message(call_id, NO_RESULT))
         self.waiting.clear()
+        self.messages.extend(self.deferred)
+        self.deferred.clear()
         self.messages.append(message)
 
-    def answer(self, step_id: str | None, content: str) -> bool:
-        """Append the tool message answering the call made by step `step_id`, if it waits."""
+    def answer(self, step_id: str | None, content: str, images: Sequence[str] = ()) -> bool:
+        """Append the tool message answering the call made by step `step_id`, if it waits.
+
+        Tool messages hold text only: images of the result follow the tool messages of the
+        call's answer, in a user message.
+        """
         call_id = self.waiting.pop(step_id, None) if step_id is not None else None
         if call_id is None:
             return False
         self.messages.append(_tool_message(call_id, content))
+        if images:
+            note = f"[images of the result of call {call_id}]"
+            self.deferred.append({"role": "user", "content": self.with_images(note, images)})
         return True
 
     def call_id(self, step: Step, index: int, recorded: str | None) -> str:
@@ -211,19 +227,29 @@ class _Builder:
             self.add_output(indices)
 
     def add_observation(self, step: Observation) -> None:
+        images = step.llm_images()
         if step.kind == "user":
-            self.add({"role": "user", "content": step.llm_text()})
+            self.add({"role": "user", "content": self.with_images(step.llm_text(), images)})
             return
         text = step.llm_dict().get("content") if step.kind == "tool_result" else None
         if text is None:
             text = step.llm_text()
-        if not self.answer(step.action_id, text):
-            self.add({"role": "user", "content": f"[{step.kind}] {text}"})
+        if not self.answer(step.action_id, text or "(empty)", images):
+            self.add({"role": "user", "content": self.with_images(f"[{step.kind}] {text}", images)})
+
+    def with_images(self, text: str, images: Sequence[str]) -> str | list[dict[str, Any]]:
+        """The text, and the images as content parts (or a note that they are not shown)."""
+        if not images:
+            return text
+        if not self.images:
+            return f"{text}\n[{len(images)} image(s) not shown: this model does not read images]"
+        parts: list[dict[str, Any]] = [{"type": "text", "text": text}] if text else []
+        return parts + [{"type": "image_url", "image_url": {"url": url}} for url in images]
 
     def add_response(self, step: Respond, owner: str) -> None:
         """A subagent's answer, as the result of the `Call` that asked it when that is shown."""
         name = owner.rpartition("/")[2]
-        if not self.answer(self.calls.pop(name, None), step.content):
+        if not self.answer(self.calls.pop(name, None), step.content or "(empty)"):
             self.add({"role": "user", "content": f"[{name} responded] {step.content}"})
 
     def add_output(self, indices: Sequence[int]) -> None:

@@ -17,10 +17,16 @@ from pydantic_core import to_jsonable_python
 
 from tapeagents.agent import Agent, Node, NodeOutput
 from tapeagents.answer_schema import steps_response_format
+from tapeagents.context import (
+    ContextPolicy,
+    ElideObservations,
+    fit_context,
+    units_from_messages,
+)
 from tapeagents.conversation import render_prefixes, same_output
 from tapeagents.environment import ToolSpec
 from tapeagents.errors import LLMError, UsageError
-from tapeagents.llms import LLMCall, LLMOutput, Prompt, ToolCallRequest
+from tapeagents.llms import LLM, LLMCall, LLMOutput, Prompt, ToolCallRequest
 from tapeagents.steps import (
     AssistantMessage,
     Call,
@@ -36,6 +42,12 @@ from tapeagents.steps import (
 from tapeagents.tape import Tape
 
 __all__ = ["LLMNode", "output_groups"]
+
+DEFAULT_POLICY = ElideObservations()
+"""What an `LLMNode` does with a prompt too long for its model's window, unless told."""
+
+ANSWER_RESERVE = 1024
+"""Tokens kept free for the answer when the backend sets no `max_tokens`."""
 
 _FENCE = re.compile(r"```(?:json)?\s*(.*?)```", re.DOTALL)
 
@@ -78,6 +90,11 @@ class LLMNode(Node):
         max_answer_steps: With `structured`, the most steps one answer may hold (None: any
             number). A small model may otherwise repeat a step until its token budget ends
             mid-step; 1 or 2 keeps its answers short and complete.
+        context: What to do when the prompt would not fit the model's context window (see
+            `tapeagents.context`): `ElideObservations()` (the default) replaces old observation
+            bodies with markers, `KeepLast(n)` keeps the last n turns, `FailOnOverflow()` sends
+            nothing and records an `LLMFailure` naming the sizes, None sends the prompt as it
+            is (the provider may refuse it). Prompts that fit are never changed.
     """
 
     def __init__(
@@ -94,6 +111,7 @@ class LLMNode(Node):
         tool_choice: Literal["auto", "required", "none"] | str = "auto",
         structured: bool = False,
         max_answer_steps: int | None = None,
+        context: ContextPolicy | None = DEFAULT_POLICY,
     ) -> None:
         super().__init__(name)
         self.system_prompt = system_prompt
@@ -135,6 +153,7 @@ class LLMNode(Node):
             )
         self.structured = structured
         self.max_answer_steps = max_answer_steps
+        self.context = context
         self._schema_cache: list[dict[str, Any]] | None = None
         self._response_cache: dict[str, Any] | None = None
 
@@ -206,8 +225,11 @@ class LLMNode(Node):
 
     def make_prompt(self, agent: Agent, tape: Tape[Any, Any]) -> Prompt:
         """The exact request this node sends for `tape`."""
-        messages = self.system_messages(agent, tape) + self.tape_messages(tape)
-        return self.prompt(messages, self.prompt_tools())
+        llm = agent.llms.get(self.llm)
+        images = llm is not None and llm.supports_images
+        messages = self.system_messages(agent, tape) + self.tape_messages(tape, images=images)
+        tools = self.prompt_tools()
+        return self.prompt(self.fit(llm, messages, tools), tools)
 
     def prompt(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None) -> Prompt:
         """The request of these messages: with the node's tools, tool choice and format.
@@ -243,11 +265,34 @@ class LLMNode(Node):
     def prompt_tools(self) -> list[dict[str, Any]] | None:
         return self.tool_schemas() if self.mode == "tools" and self.tool_schemas() else None
 
-    def tape_messages(self, tape: Tape[Any, Any], end: int | None = None) -> list[dict[str, Any]]:
+    def tape_messages(
+        self, tape: Tape[Any, Any], end: int | None = None, *, images: bool = False
+    ) -> list[dict[str, Any]]:
         """The first `end` steps of the tape (default: all) as this node's chat messages: its
-        agent's view of them, always a valid conversation (see `tapeagents.conversation`)."""
+        agent's view of them, always a valid conversation (see `tapeagents.conversation`).
+        With `images`, images of observations are image parts, else notes."""
         steps = tape.steps[:end] if end is not None else tape.steps
-        return render_prefixes(self, steps, [len(steps)])[len(steps)]
+        return render_prefixes(self, steps, [len(steps)], images=images)[len(steps)]
+
+    def fit(
+        self, llm: LLM | None, messages: list[dict[str, Any]], tools: Any
+    ) -> list[dict[str, Any]]:
+        """The messages cut to the model's context window by the node's `context` policy (as
+        they are when the window is unknown or they fit); `ContextOverflow` if they cannot be."""
+        window = llm.context_window if llm is not None else None
+        if llm is None or window is None or self.context is None:
+            return messages
+        head, units = units_from_messages(messages)
+        answer = llm.parameters.get("max_tokens") or llm.parameters.get("max_completion_tokens")
+        reserve = int(answer or ANSWER_RESERVE) + llm.count_tokens([], tools)
+        return fit_context(
+            self.context,
+            head,
+            units,
+            window=window,
+            reserve=reserve,
+            count=llm.count_message_tokens,
+        )
 
     # --------------------------------------------------------------------- output
 
@@ -418,10 +463,10 @@ class LLMNode(Node):
     # --------------------------------------------------------------------- run
 
     async def generate(self, agent: Agent, tape: Tape[Any, Any]) -> AsyncIterator[NodeOutput]:
-        prompt = self.make_prompt(agent, tape)
         llm = agent.llm(self.llm)
         call: LLMCall | None = None
         try:
+            prompt = self.make_prompt(agent, tape)  # a prompt that cannot fit is an LLMFailure
             async for item in llm.stream_call(prompt):
                 if isinstance(item, LLMCall):
                     call = item

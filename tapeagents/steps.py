@@ -205,8 +205,23 @@ class Observation(Step):
     action_id: str | None = None
     """Metadata id of the action this observation answers; None for unprompted input."""
 
+    image_fields: ClassVar[tuple[str, ...]] = ()
+    """Fields that hold images (data URLs, or lists of them): a prompt shows them to the model
+    as images, never as text."""
+
     def llm_dict(self) -> dict[str, Any]:
-        return self.model_dump(exclude={"kind", "metadata", "action_id"})
+        return self.model_dump(exclude={"kind", "metadata", "action_id", *self.image_fields})
+
+    def llm_images(self) -> list[str]:
+        """The images of the observation, as URLs (`data:image/png;base64,...`), in field order."""
+        images: list[str] = []
+        for name in self.image_fields:
+            value = getattr(self, name)
+            if isinstance(value, str) and value:
+                images.append(value)
+            elif isinstance(value, list | tuple):
+                images.extend(item for item in value if isinstance(item, str) and item)
+        return images
 
 
 class StopStep(Step):
@@ -229,6 +244,10 @@ class UserMessage(Observation):
     kind: Literal["user"] = "user"
     content: str
     """What the user wrote."""
+    images: list[str] = Field(default_factory=list, exclude_if=lambda images: not images)
+    """Images the user attached, as data URLs (`data:image/png;base64,...`); written to JSON
+    only when there are some."""
+    image_fields: ClassVar[tuple[str, ...]] = ("images",)
 
 
 class AssistantMessage(Action):

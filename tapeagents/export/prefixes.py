@@ -40,7 +40,10 @@ def prefix_prompts(
             raise UsageError(f"No prefix of {end} steps: the tape has {len(tape.steps)}.")
     if type(node).make_prompt is not LLMNode.make_prompt:
         return [node.make_prompt(agent, _prefix(tape, end)) for end in ends]
-    rendered = render_prefixes(node, tape.steps[: max(ends, default=0)], ends, inverses)
+    llm = agent.llms.get(node.llm)
+    images = llm is not None and llm.supports_images  # as `make_prompt` shows them
+    steps = tape.steps[: max(ends, default=0)]
+    rendered = render_prefixes(node, steps, ends, inverses, images=images)
     tools = node.prompt_tools()
     system_reads_steps = agent.templates.reads(node.system_prompt, "tape")
     system: list[dict[str, Any]] | None = None
@@ -53,7 +56,7 @@ def prefix_prompts(
             made = node.system_messages(agent, _prefix(tape, end))
             if made != system:  # an unchanged system message stays the same dict
                 system = made
-        prompts.append(node.prompt(system + rendered[end], tools))
+        prompts.append(node.prompt(node.fit(llm, system + rendered[end], tools), tools))
     return prompts
 
 

@@ -26,6 +26,7 @@ from tapeagents.errors import UsageError
 from tapeagents.llms.limits import counting_retries
 
 __all__ = [
+    "IMAGE_NOTE",
     "IMAGE_TOKENS",
     "IMAGE_TOKENS_LOW_DETAIL",
     "LLM",
@@ -37,6 +38,7 @@ __all__ = [
     "ToolCallRequest",
     "TopLogprob",
     "Usage",
+    "content_text",
     "estimate_message_tokens",
     "estimate_prompt_tokens",
     "image_tokens",
@@ -184,6 +186,41 @@ REQUEST_OVERHEAD_TOKENS = 3
 """Tokens a request costs beyond its messages in the estimate: the assistant turn's header."""
 
 
+IMAGE_NOTE = "[image not shown: this model does not read images]"
+"""What `content_text` writes in place of an image part, for models and formats that read text
+only."""
+
+
+def content_text(content: Any, *, image: str = IMAGE_NOTE) -> str:
+    """A message's content as plain text, for models and formats that read text only.
+
+    A string is returned as it is. Of a list of OpenAI content parts, adjacent text parts are
+    joined as they are and each image part becomes the line `image`, so the reader knows an
+    image was there; other parts (audio, files) are left out.
+    """
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if not isinstance(content, list):
+        return str(content)
+    lines: list[str] = []
+    text: list[str] = []
+    for part in content:
+        if isinstance(part, str):
+            text.append(part)
+        elif isinstance(part, dict) and part.get("type") == "image_url":
+            if text:
+                lines.append("".join(text))
+                text = []
+            lines.append(image)
+        elif isinstance(part, dict):
+            text.append(str(part.get("text") or ""))
+    if text:
+        lines.append("".join(text))
+    return "\n".join(lines)
+
+
 def _utf8_length(text: str) -> int:
     return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
 
@@ -310,6 +347,12 @@ class LLM(ABC):
     async def stream(self, prompt: Prompt) -> AsyncIterator[TextDelta | LLMOutput]:
         """Yield text deltas as they arrive, then the complete output. Default: no deltas."""
         yield await self.generate(prompt)
+
+    @property
+    def supports_images(self) -> bool:
+        """Whether the model reads images (image content parts); prompts for a model that does
+        not show a note in their place."""
+        return False
 
     def request_id(self, prompt: Prompt) -> str:
         return request_hash(self.model, self.parameters, prompt)
