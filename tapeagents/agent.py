@@ -13,7 +13,6 @@ its path and the node's name, and links the steps that follow an `LLMCall` to it
 
 from __future__ import annotations
 
-import copy
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
@@ -165,13 +164,6 @@ class Agent:
             if index is not None:
                 return agent.nodes[(index + 1) % len(agent.nodes)]
         return agent.nodes[0]
-
-    def with_llm(self, llm: LLM) -> Agent:
-        """A copy of this agent (and its subagents) whose every LLM is `llm`; used by replay."""
-        clone = copy.copy(self)
-        clone.llms = {name: llm for name in self.llms} or {"default": llm}
-        clone.subagents = {name: sub.with_llm(llm) for name, sub in self.subagents.items()}
-        return clone
 
     def plan(self, tape: Tape[Any, Any]) -> tuple[str, Node]:
         """Which agent (by path) holds the tape, and which of its nodes acts next."""

@@ -317,13 +317,19 @@ class ElideObservations:
     Args:
         keep_recent: How many of the newest observations keep their bodies while older units
             are dropped.
+        max_elided: The most observations kept with their bodies elided; older units are
+            dropped. Hundreds of markers tell the model little, and the bound keeps the cost of
+            a request the same on a tape of any length.
     """
 
     keep_recent: int = 2
+    max_elided: int = 32
 
     def __post_init__(self) -> None:
         if self.keep_recent < 0:
             raise UsageError(f"ElideObservations needs keep_recent >= 0, not {self.keep_recent}.")
+        if self.max_elided < 0:
+            raise UsageError(f"ElideObservations needs max_elided >= 0, not {self.max_elided}.")
 
     def fit(
         self, head: list[Message], units: Sequence[Unit], *, budget: int, count: TokenCounter
@@ -332,7 +338,7 @@ class ElideObservations:
         lead, room = _check_fixed(head, units, budget, counts)
         if _fits_whole(units, lead, room, counts):
             return _everything(head, units)
-        plan = _plan(units, lead, room, counts, self.keep_recent)
+        plan = _plan(units, lead, room, counts, self.keep_recent, self.max_elided)
         if plan is None:
             newest = units[-1]
             smallest = (_elided(newest) if newest.observation else None) or newest.messages
@@ -350,14 +356,15 @@ class ElideObservations:
 
 
 def _plan(
-    units: Sequence[Unit], lead: int, room: int, counts: _Counts, keep_recent: int
+    units: Sequence[Unit], lead: int, room: int, counts: _Counts, keep_recent: int, max_elided: int
 ) -> tuple[int, dict[int, list[Message]]] | None:
     """Where the kept units start and the elided forms of those that are elided, or None when
     not even the newest unit fits.
 
     Walks from the newest unit back, counting each unit as it would be sent if every observation
     older than the `keep_recent` newest were elided (those whole while they fit), until the room
-    is spent or the oldest unit is reached; everything older is dropped. Then un-elides from the
+    is spent, `max_elided` units are elided or the oldest unit is reached; everything older is
+    dropped. Then un-elides from the
     newest elided unit back while the room allows, so the elided ones are the oldest.
     """
     kept: list[tuple[int, int]] = []  # (unit index, tokens as counted), newest first
@@ -378,7 +385,7 @@ def _plan(
             else:
                 form = _elided(unit)
         tokens = counts.messages(form if form is not None else unit.messages)
-        if used + tokens > room:
+        if used + tokens > room or (form is not None and len(forms) >= max_elided):
             dropping = True
             break
         if form is not None:

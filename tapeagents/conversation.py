@@ -19,11 +19,13 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, overload
 
 from pydantic_core import to_jsonable_python
 
+from tapeagents.context import Unit
 from tapeagents.llms import LLMOutput, ToolCallRequest
 from tapeagents.steps import (
     Action,
@@ -42,7 +44,7 @@ from tapeagents.views import TapeViews
 if TYPE_CHECKING:
     from tapeagents.llm_node import LLMNode
 
-__all__ = ["ACK", "NO_RESULT", "render_prefixes", "same_output"]
+__all__ = ["ACK", "NO_RESULT", "Conversations", "messages", "render_prefixes", "same_output"]
 
 ACK = "recorded"
 """Tool-message content that acknowledges a step the model emitted as a tool call."""
@@ -58,8 +60,9 @@ def render_prefixes(
     inverses: Mapping[int, LLMOutput] | None = None,
     *,
     images: bool = False,
-) -> dict[int, list[dict[str, Any]]]:
-    """The chat messages `node` renders for each prefix `steps[:end]`, one pass per agent view.
+) -> dict[int, list[Unit]]:
+    """The chat messages `node` renders for each prefix `steps[:end]`, one pass per agent view,
+    as the units a context policy keeps or drops whole (`messages` flattens them).
 
     An `end` inside the steps of one model output is left out (the caller renders that prefix
     on its own). `inverses` holds outputs already computed, by the index of their first step.
@@ -70,11 +73,16 @@ def render_prefixes(
     by_view: dict[tuple[str, int], list[int]] = {}
     for end in sorted(set(ends)):
         by_view.setdefault(views.view(end), []).append(end)
-    result: dict[int, list[dict[str, Any]]] = {}
+    result: dict[int, list[Unit]] = {}
     for (path, start), view_ends in by_view.items():
         builder = _Builder(node, views, path, start, inverses or {}, images)
         result.update(builder.run(view_ends))
     return result
+
+
+def messages(units: Sequence[Unit]) -> list[dict[str, Any]]:
+    """The messages of the units, in order."""
+    return [message for unit in units for message in unit.messages]
 
 
 def same_output(first: Step, other: Step) -> bool:
@@ -111,21 +119,35 @@ class _Builder:
         self.path = path
         self.start = start
         self.inverses = inverses
-        self.messages: list[dict[str, Any]] = []
+        self.units: list[Unit] = []
+        """The messages as units a context policy keeps or drops whole (a call and its results)."""
         self.waiting: dict[str, str] = {}
         """Unanswered calls of the last assistant message: step id -> tool call id."""
         self.calls: dict[str, str] = {}
         """The last `Call` to each subagent shown as a tool call: agent name -> step id."""
         self.used: set[str] = set()
+        self.used_order: list[str] = []
 
-    def run(self, ends: Sequence[int]) -> dict[int, list[dict[str, Any]]]:
-        """Render the view up to the last of `ends` (ascending); the messages at each end."""
-        steps, views = self.steps, self.views
-        upto = ends[-1]
+    def run(self, ends: Sequence[int]) -> dict[int, list[Unit]]:
+        """Render the view up to the last of `ends` (ascending); the units at each end."""
+        views = self.views
         first = max(self.start, 0)
-        visible = [i for i in range(first, upto) if views.sees(self.path, self.start, i)]
-        snapshots: dict[int, list[dict[str, Any]]] = {}
+        visible = [i for i in range(first, ends[-1]) if views.sees(self.path, self.start, i)]
+        snapshots: dict[int, list[Unit]] = {}
         pending = list(ends)
+        for group in self.groups(visible):
+            while pending and pending[0] <= group[0]:
+                snapshots[pending.pop(0)] = list(self.closed_units())
+            while pending and pending[0] <= group[-1]:  # inside this output: rendered on its own
+                pending.pop(0)
+            self.add_group(group)
+        for end in pending:
+            snapshots[end] = list(self.closed_units())
+        return snapshots
+
+    def groups(self, visible: Sequence[int]) -> Iterator[Sequence[int]]:
+        """The visible steps in groups that one model output (or one non-LLM turn) made."""
+        steps = self.steps
         k = 0
         while k < len(visible):
             first = visible[k]
@@ -137,16 +159,32 @@ class _Builder:
                     and same_output(steps[first], steps[visible[stop]])
                 ):
                     stop += 1
-            last = visible[stop - 1]
-            while pending and pending[0] <= first:
-                snapshots[pending.pop(0)] = self.closed()
-            while pending and pending[0] <= last:  # inside this output: rendered on its own
-                pending.pop(0)
-            self.add_group(visible[k:stop])
+            yield visible[k:stop]
             k = stop
-        for end in pending:
-            snapshots[end] = self.closed()
-        return snapshots
+
+    def mark(self) -> _Mark:
+        """The state now, to `rewind` to."""
+        last = self.units[-1] if self.units else None
+        return _Mark(
+            len(self.units),
+            last,
+            len(last.messages) if last else 0,
+            dict(self.waiting),
+            list(self.deferred),
+            dict(self.calls),
+            len(self.used_order),
+        )
+
+    def rewind(self, mark: _Mark) -> None:
+        """Back to the state of `mark` (the steps added since are rendered again)."""
+        del self.units[mark.units :]
+        if mark.last is not None:
+            del mark.last.messages[mark.last_size :]
+            self.units[-1] = mark.last
+        self.waiting, self.deferred, self.calls = mark.waiting, mark.deferred, mark.calls
+        for call_id in self.used_order[mark.used :]:
+            self.used.discard(call_id)
+        del self.used_order[mark.used :]
 
     @property
     def steps(self) -> Sequence[Step]:
@@ -154,19 +192,35 @@ class _Builder:
 
     # ------------------------------------------------------------------ messages
 
-    def closed(self) -> list[dict[str, Any]]:
-        """The messages so far, with the calls still waiting answered "no result"."""
+    def closed_units(self) -> Sequence[Unit]:
+        """`closed` as units, without copying the units before the last one."""
+        if not self.waiting and not self.deferred:
+            return self.units
         unanswered = [_tool_message(call_id, NO_RESULT) for call_id in self.waiting.values()]
-        return self.messages + unanswered + self.deferred
+        last = self.units[-1]
+        tail = [Unit(last.messages + unanswered, observation=last.observation, pinned=last.pinned)]
+        tail += [Unit([message], observation=True) for message in self.deferred]
+        return _Joined(self.units, len(self.units) - 1, tail)
 
-    def add(self, message: dict[str, Any]) -> None:
-        """Append a message that is not a tool result (it ends the last tool-call block)."""
+    def add(self, message: dict[str, Any], *, observation: bool = False) -> None:
+        """Append a message that is not a tool result (it ends the last tool-call block).
+
+        `observation`: its body reports the world, and a context policy may elide it."""
         for call_id in self.waiting.values():
-            self.messages.append(_tool_message(call_id, NO_RESULT))
+            self.add_tool(_tool_message(call_id, NO_RESULT))
         self.waiting.clear()
-        self.messages.extend(self.deferred)
+        for deferred in self.deferred:
+            self.units.append(Unit([deferred], observation=True))
         self.deferred.clear()
-        self.messages.append(message)
+        pinned = not self.units and message["role"] == "user"  # the task
+        self.units.append(Unit([message], observation=observation, pinned=pinned))
+
+    def add_tool(self, message: dict[str, Any]) -> None:
+        """Append a tool message to the block of the assistant message before it."""
+        self.units[-1].messages.append(message)
+        if not self.units[-1].observation:  # its results may be elided
+            last = self.units[-1]
+            self.units[-1] = Unit(last.messages, observation=True, pinned=last.pinned)
 
     def answer(self, step_id: str | None, content: str, images: Sequence[str] = ()) -> bool:
         """Append the tool message answering the call made by step `step_id`, if it waits.
@@ -177,7 +231,7 @@ class _Builder:
         call_id = self.waiting.pop(step_id, None) if step_id is not None else None
         if call_id is None:
             return False
-        self.messages.append(_tool_message(call_id, content))
+        self.add_tool(_tool_message(call_id, content))
         if images:
             note = f"[images of the result of call {call_id}]"
             self.deferred.append({"role": "user", "content": self.with_images(note, images)})
@@ -193,6 +247,7 @@ class _Builder:
         ):
             recorded = f"call_t{index}"
         self.used.add(recorded)
+        self.used_order.append(recorded)
         return recorded
 
     # ------------------------------------------------------------------ steps
@@ -216,7 +271,9 @@ class _Builder:
         elif isinstance(first, Error):
             return  # infrastructure failures are not part of the conversation
         elif isinstance(first, UnknownStep):
-            self.add({"role": "user", "content": f"[{first.kind}] {first.llm_text()}"})
+            self.add(
+                {"role": "user", "content": f"[{first.kind}] {first.llm_text()}"}, observation=True
+            )
         elif indices[0] == self.start and self.start > 0:
             assert isinstance(first, Call)
             task = first.content or f"[task from {first.metadata.agent}]"
@@ -235,7 +292,8 @@ class _Builder:
         if text is None:
             text = step.llm_text()
         if not self.answer(step.action_id, text or "(empty)", images):
-            self.add({"role": "user", "content": self.with_images(f"[{step.kind}] {text}", images)})
+            content = self.with_images(f"[{step.kind}] {text}", images)
+            self.add({"role": "user", "content": content}, observation=True)
 
     def with_images(self, text: str, images: Sequence[str]) -> str | list[dict[str, Any]]:
         """The text, and the images as content parts (or a note that they are not shown)."""
@@ -298,7 +356,7 @@ class _Builder:
                 if isinstance(step, Call):
                     self.calls[step.agent_name] = step.metadata.id
             else:
-                self.messages.append(_tool_message(request.id, ACK))
+                self.add_tool(_tool_message(request.id, ACK))
 
     def foreign_parts(
         self, indices: Sequence[int]
@@ -325,6 +383,103 @@ class _Builder:
             else:
                 texts.append(f"[{step.kind}] {step.llm_text()}")
         return texts, requests
+
+
+@dataclass(frozen=True, slots=True)
+class _Mark:
+    units: int
+    last: Unit | None
+    last_size: int
+    waiting: dict[str, str]
+    deferred: list[dict[str, Any]]
+    calls: dict[str, str]
+    used: int
+
+
+class _Joined(Sequence[Unit]):
+    """The first `keep` units of a list followed by others, without copying the list."""
+
+    def __init__(self, units: Sequence[Unit], keep: int, tail: Sequence[Unit]) -> None:
+        self._units, self._keep, self._tail = units, keep, tail
+
+    def __len__(self) -> int:
+        return self._keep + len(self._tail)
+
+    @overload
+    def __getitem__(self, index: int) -> Unit: ...
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[Unit]: ...
+    def __getitem__(self, index: int | slice) -> Unit | Sequence[Unit]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        if index < 0:
+            index += len(self)
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        return self._units[index] if index < self._keep else self._tail[index - self._keep]
+
+
+class Conversations:
+    """A node's renderings of the tapes it was last asked about, each extended with only the
+    steps appended since (tapes only grow), so a request costs the same on a long tape as on a
+    short one. A tape with `Call`s and `Respond`s, or one changed other than by appending, is
+    rendered from its start.
+    """
+
+    def __init__(self, node: LLMNode, size: int = 8) -> None:
+        self.node = node
+        self.size = size
+        self._kept: dict[tuple[str, bool], _Rendering] = {}
+
+    def units(self, tape_id: str, steps: Sequence[Step], *, images: bool) -> Sequence[Unit]:
+        """The conversation of `steps` (as `render_prefixes` renders all of them) as units."""
+        key = (tape_id, images)
+        rendering = self._kept.pop(key, None)
+        if rendering is None or not rendering.extend(steps):
+            rendering = _Rendering(self.node, images)
+            if not rendering.extend(steps):  # more than one agent's view: no shortcut
+                views = TapeViews(steps)
+                path, start = views.view(len(steps))
+                builder = _Builder(self.node, views, path, start, {}, images)
+                builder.run([len(steps)])
+                return builder.closed_units()
+        self._kept[key] = rendering  # the most recent last
+        while len(self._kept) > self.size:
+            del self._kept[next(iter(self._kept))]
+        return rendering.builder.closed_units()
+
+    def __getstate__(self) -> dict[str, Any]:  # renderings stay in their process
+        return {"node": self.node, "size": self.size, "_kept": {}}
+
+
+class _Rendering:
+    """One tape's conversation so far, and the state before its last group of steps (which the
+    next steps may continue, so it is rendered again with them)."""
+
+    def __init__(self, node: LLMNode, images: bool) -> None:
+        self.seen: list[Step] = []
+        views = TapeViews([])
+        self.builder = _Builder(node, views, "", -1, {}, images)
+        self.before_last: _Mark | None = None
+        self.last_start = 0
+
+    def extend(self, steps: Sequence[Step]) -> bool:
+        """Render the steps appended since the last call; False if the tape is not one
+        conversation or is not an extension of the steps seen."""
+        seen = len(self.seen)
+        if seen > len(steps) or list(steps[:seen]) != self.seen:
+            return False
+        if any(isinstance(step, Call | Respond) for step in steps[seen:]):
+            return False
+        builder = self.builder
+        builder.views.steps = steps
+        if self.before_last is not None:
+            builder.rewind(self.before_last)
+        for group in builder.groups(range(self.last_start, len(steps))):
+            self.before_last, self.last_start = builder.mark(), group[0]
+            builder.add_group(group)
+        self.seen = list(steps)
+        return True
 
 
 def _tool_message(call_id: str, content: str) -> dict[str, Any]:

@@ -17,13 +17,8 @@ from pydantic_core import to_jsonable_python
 
 from tapeagents.agent import Agent, Node, NodeOutput
 from tapeagents.answer_schema import steps_response_format
-from tapeagents.context import (
-    ContextPolicy,
-    ElideObservations,
-    fit_context,
-    units_from_messages,
-)
-from tapeagents.conversation import render_prefixes, same_output
+from tapeagents.context import ContextPolicy, ElideObservations, Unit, fit_context
+from tapeagents.conversation import Conversations, messages, render_prefixes, same_output
 from tapeagents.environment import ToolSpec
 from tapeagents.errors import LLMError, UsageError
 from tapeagents.llms import LLM, LLMCall, LLMOutput, Prompt, ToolCallRequest
@@ -154,6 +149,7 @@ class LLMNode(Node):
         self.structured = structured
         self.max_answer_steps = max_answer_steps
         self.context = context
+        self._conversations = Conversations(self)
         self._schema_cache: list[dict[str, Any]] | None = None
         self._response_cache: dict[str, Any] | None = None
 
@@ -227,9 +223,9 @@ class LLMNode(Node):
         """The exact request this node sends for `tape`."""
         llm = agent.llms.get(self.llm)
         images = llm is not None and llm.supports_images
-        messages = self.system_messages(agent, tape) + self.tape_messages(tape, images=images)
+        units = self._conversations.units(tape.id, tape.steps, images=images)
         tools = self.prompt_tools()
-        return self.prompt(self.fit(llm, messages, tools), tools)
+        return self.prompt(self.fit(llm, self.system_messages(agent, tape), units, tools), tools)
 
     def prompt(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None) -> Prompt:
         """The request of these messages: with the node's tools, tool choice and format.
@@ -272,27 +268,25 @@ class LLMNode(Node):
         agent's view of them, always a valid conversation (see `tapeagents.conversation`).
         With `images`, images of observations are image parts, else notes."""
         steps = tape.steps[:end] if end is not None else tape.steps
-        return render_prefixes(self, steps, [len(steps)], images=images)[len(steps)]
+        return messages(render_prefixes(self, steps, [len(steps)], images=images)[len(steps)])
 
     def fit(
-        self, llm: LLM | None, messages: list[dict[str, Any]], tools: Any
+        self,
+        llm: LLM | None,
+        system: list[dict[str, Any]],
+        units: Sequence[Unit],
+        tools: list[dict[str, Any]] | None,
     ) -> list[dict[str, Any]]:
-        """The messages cut to the model's context window by the node's `context` policy (as
-        they are when the window is unknown or they fit); `ContextOverflow` if they cannot be."""
+        """The system messages and the conversation, cut to the model's context window by the
+        node's `context` policy (whole when the window is unknown or they fit);
+        `ContextOverflow` if they cannot be cut to fit."""
         window = llm.context_window if llm is not None else None
         if llm is None or window is None or self.context is None:
-            return messages
-        head, units = units_from_messages(messages)
+            return system + messages(units)
         answer = llm.parameters.get("max_tokens") or llm.parameters.get("max_completion_tokens")
         reserve = int(answer or ANSWER_RESERVE) + llm.count_tokens([], tools)
-        return fit_context(
-            self.context,
-            head,
-            units,
-            window=window,
-            reserve=reserve,
-            count=llm.count_message_tokens,
-        )
+        count = llm.count_message_tokens
+        return fit_context(self.context, system, units, window=window, reserve=reserve, count=count)
 
     # --------------------------------------------------------------------- output
 

@@ -1,9 +1,11 @@
 """Replay: re-run an agent over a recorded tape; find the first step where it behaves differently.
 
-The agent's LLMs are replaced by a `ReplayLLM` over the tape's recorded calls, and the world's
-answers come from the tape itself (or from a live environment). Whenever the agent acts, its new
-steps are compared with the recorded ones; the first difference, or a prompt that was never
-recorded, ends the replay with a report that shows both versions.
+The agent's LLMs are replaced by `ReplayLLM`s over the tape's recorded calls, each `like` the LLM
+it replaces (its context window and token counts, so context policies cut long conversations as
+they did when recording), and the world's answers come from the tape itself (or from a live
+environment). Whenever the agent acts, its new steps are compared with the recorded ones; the
+first difference, or a prompt that was never recorded, ends the replay with a report that shows
+both versions.
 
     report = replay_sync(agent, tape, store=store)
     assert report.passed, report.explain()
@@ -11,6 +13,7 @@ recorded, ends the replay with a report that shows both versions.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -18,8 +21,8 @@ from typing import TYPE_CHECKING, Any
 from tapeagents.agent import Agent
 from tapeagents.environment import Environment, observe
 from tapeagents.errors import ReplayMismatch, UsageError
-from tapeagents.llms import LLMCall, ReplayLLM
-from tapeagents.steps import Action, Observation, Step
+from tapeagents.llms import LLM, LLMCall, ReplayLLM
+from tapeagents.steps import Action, Observation, Step, ToolCall
 from tapeagents.sync import run_blocking
 from tapeagents.tape import Tape
 
@@ -44,11 +47,16 @@ class ReplayReport:
     """What the agent produced there instead (None if it failed before producing it)."""
     reason: str = ""
     """Why the steps differ; for a changed prompt, the prompt diff."""
+    llm_calls: int = 0
+    """Model requests the replay answered from the recorded calls (each one a hit)."""
 
     def explain(self) -> str:
         """A readable account of the replay, for assertion messages and the CLI."""
         if self.passed:
-            return f"Tape {self.tape_id}: replay passed ({self.steps_checked} steps checked)."
+            return (
+                f"Tape {self.tape_id}: replay passed ({self.steps_checked} steps checked); "
+                f"{self.llm_calls} model calls answered from the recording."
+            )
         lines = [
             f"Tape {self.tape_id}: replay differs at step {self.first_difference} "
             f"(after {self.steps_checked} matching steps).",
@@ -69,7 +77,42 @@ def _describe(step: Step | None) -> str:
 
 
 def _same(recorded: Step, replayed: Step) -> bool:
-    return recorded.kind == replayed.kind and recorded.llm_dict() == replayed.llm_dict()
+    if recorded.kind != replayed.kind:
+        return False
+    old, new = recorded.llm_dict(), replayed.llm_dict()
+    if isinstance(recorded, ToolCall) and recorded.metadata.llm_call_id is None:
+        # A tool call written by code gets a random `call_id` on every run; no model sees it
+        # (prompts show such calls with ids derived from their place on the tape).
+        old.pop("call_id", None)
+        new.pop("call_id", None)
+    return old == new
+
+
+def _replaying(agent: Agent, calls: Sequence[LLMCall]) -> Agent:
+    """A copy of `agent` (and its subagents) whose LLMs answer from `calls`.
+
+    Each distinct LLM becomes a `ReplayLLM` `like` it. With several distinct LLMs, each answers
+    from the calls recorded with its model and parameters (all the calls when none were, say
+    after a change of model), so that two models asked the same prompt get their own answers.
+    """
+    found: dict[int, LLM] = {}
+    pending = [agent]
+    while pending:
+        current = pending.pop()
+        found.update((id(llm), llm) for llm in current.llms.values())
+        pending.extend(current.subagents.values())
+    replays: dict[int, ReplayLLM] = {}
+    for key, llm in found.items():
+        own = [c for c in calls if (c.model, c.parameters) == (llm.model, llm.parameters)]
+        replays[key] = ReplayLLM(own if own and len(found) > 1 else calls, like=llm)
+
+    def swap(original: Agent) -> Agent:
+        clone = copy.copy(original)
+        clone.llms = {name: replays[id(llm)] for name, llm in original.llms.items()}
+        clone.subagents = {name: swap(sub) for name, sub in original.subagents.items()}
+        return clone
+
+    return swap(agent)
 
 
 async def replay(
@@ -96,15 +139,16 @@ async def replay(
                 "Pass the recorded calls: replay(..., store=store) or llm_calls=[...]."
             )
         llm_calls = store.llm_calls_of(tape)
-    replaying = agent.with_llm(ReplayLLM(llm_calls)) if llm_calls else agent
+    replaying = _replaying(agent, llm_calls) if llm_calls else agent
     new: Tape[Any, Any] = Tape(id=tape.id, context=tape.context)
     actions: dict[str, Action] = {}
     checked = 0
+    answered = 0
     index = 0
 
     def differs(at: int, actual: Step | None, reason: str = "") -> ReplayReport:
         expected = tape.steps[at] if at < len(tape.steps) else None
-        return ReplayReport(tape.id, False, checked, at, expected, actual, reason)
+        return ReplayReport(tape.id, False, checked, at, expected, actual, reason, answered)
 
     while index < len(tape.steps):
         recorded = tape.steps[index]
@@ -124,6 +168,8 @@ async def replay(
             async for item in replaying.step(new):
                 if isinstance(item, Step):
                     produced.append(item)
+                elif isinstance(item, LLMCall):
+                    answered += 1
         except ReplayMismatch as mismatch:
             return differs(index, None, f"The agent asked the model something new.\n{mismatch}")
         if not produced:
@@ -138,7 +184,7 @@ async def replay(
             new.append(original)  # keep recorded ids, so later observations still match
             checked += 1
         index += len(produced)
-    return ReplayReport(tape.id, True, checked)
+    return ReplayReport(tape.id, True, checked, llm_calls=answered)
 
 
 def replay_sync(

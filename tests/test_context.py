@@ -137,7 +137,8 @@ def long_conversation() -> list[dict[str, Any]]:
 def test_elide_observations_on_200k_tokens(long_conversation: list[dict[str, Any]]) -> None:
     original = copy.deepcopy(long_conversation)
     head, units = units_from_messages(long_conversation)
-    out = fit_context(ElideObservations(), head, units, window=WINDOW, reserve=RESERVE, count=count)
+    policy = ElideObservations(max_elided=10**6)  # unbounded: it fills the budget
+    out = fit_context(policy, head, units, window=WINDOW, reserve=RESERVE, count=count)
     validate_chat(out, TOOLS)
     assert long_conversation == original  # the input messages are not changed
     assert BUDGET - 200 < tokens(out) <= BUDGET
@@ -451,3 +452,16 @@ def test_validate_chat_names_the_broken_rule(
 ) -> None:
     with pytest.raises(InvalidChat, match=error):
         validate_chat(messages, tools)
+
+
+def test_elide_observations_keeps_at_most_max_elided_markers(
+    long_conversation: list[dict[str, Any]],
+) -> None:
+    head, units = units_from_messages(long_conversation)
+    out = fit_context(
+        ElideObservations(max_elided=5), head, units, window=WINDOW, reserve=RESERVE, count=count
+    )
+    validate_chat(out, TOOLS)
+    outputs = [m for m in out if m["role"] == "tool"]
+    assert len(outputs) <= 2 + 5  # keep_recent whole, and at most 5 more (elided, or whole)
+    assert out[-4:] == long_conversation[-4:] and omitted(out) == [2]

@@ -56,7 +56,8 @@ def prefix_prompts(
             made = node.system_messages(agent, _prefix(tape, end))
             if made != system:  # an unchanged system message stays the same dict
                 system = made
-        prompts.append(node.prompt(node.fit(llm, system + rendered[end], tools), tools))
+        conversation = node.fit(llm, system, rendered[end], tools)
+        prompts.append(node.prompt(conversation, tools))
     return prompts
 
 
