@@ -41,10 +41,13 @@ test: $(VENV)/.dev chromium
 	$(OFFLINE) TAPEAGENTS_REQUIRE_POSTGRES=1 scripts/with-postgres.sh $(PY) -m pytest -q -p no:cacheprovider
 
 # The slow tests CI runs after `make test`: fine-tuning the local model beats the base model,
-# and the package installs without extras into a clean venv and runs the quickstart.
+# the package installs without extras into a clean venv and runs the quickstart, and the
+# prompt property test over 5,000 random tapes (1,000 in `make test`).
 test-slow-key: $(VENV)/.dev
 	$(OFFLINE) $(PY) -m pytest -q -p no:cacheprovider -m slow tests/finetune/test_finetune.py \
 	  tests/test_clean_install.py
+	$(OFFLINE) TAPEAGENTS_PROPERTY_EXAMPLES=5000 $(PY) -m pytest -q -p no:cacheprovider \
+	  tests/test_conversation.py
 
 test-all: $(VENV)/.dev chromium
 	$(OFFLINE) TAPEAGENTS_REQUIRE_POSTGRES=1 scripts/with-postgres.sh $(PY) -m pytest -q -p no:cacheprovider -m ''

@@ -6,6 +6,7 @@ A tape is the typed, append-only record of one agent session and also its resuma
 import sys
 
 from tapeagents.agent import Agent, Node
+from tapeagents.context import ElideObservations, FailOnOverflow, KeepLast, Summarize
 from tapeagents.environment import Environment, ToolEnvironment
 from tapeagents.errors import (
     ContextWindowExceeded,
@@ -18,7 +19,7 @@ from tapeagents.errors import (
     UnreadableTapesError,
     UsageError,
 )
-from tapeagents.llm_node import LLMNode
+from tapeagents.llm_node import LLMNode, Summarizer
 from tapeagents.orchestrator import (
     EnvironmentReacted,
     Finished,
@@ -46,6 +47,7 @@ from tapeagents.steps import (
     StepMetadata,
     StopStep,
     StoreFailure,
+    Summary,
     Thought,
     ToolCall,
     ToolResult,
@@ -65,10 +67,13 @@ __all__ = [
     "CorruptTapeError",
     "Environment",
     "EnvironmentReacted",
+    "ElideObservations",
     "Error",
     "ErrorObservation",
+    "FailOnOverflow",
     "FinalAnswer",
     "Finished",
+    "KeepLast",
     "LLMCallMade",
     "LLMError",
     "LeaseHeld",
@@ -88,6 +93,9 @@ __all__ = [
     "StopStep",
     "StoreFailure",
     "StoreError",
+    "Summarize",
+    "Summarizer",
+    "Summary",
     "Tape",
     "TapeAgentsError",
     "TapeMetadata",

@@ -31,6 +31,10 @@ NodeOutput = Step | LLMCall | TextDelta
 class Node:
     """One kind of move of an agent. Override `generate` to yield steps (and LLM calls)."""
 
+    in_order: bool = True
+    """Whether the node takes its turn in the order of the agent's nodes; False for a node
+    that runs only when a `SetNextNode` names it (a `Summarizer`)."""
+
     def __init__(self, name: str) -> None:
         self.name = name
 
@@ -144,7 +148,7 @@ class Agent:
         answered = False  # a subagent responded: the node that called it goes on
         for step in reversed(tape.steps):
             if isinstance(step, Call) and f"{step.metadata.agent}/{step.agent_name}" == path:
-                return agent.nodes[0]  # a fresh call starts at the first node
+                return agent.following(-1)  # a fresh call starts at the first node
             if isinstance(step, SetNextNode) and not step.metadata.agent:
                 return agent.node(step.next_node)  # written by hand: for whoever holds the tape
             if isinstance(step, Respond) and step.metadata.agent.rpartition("/")[0] == path:
@@ -162,8 +166,18 @@ class Agent:
                 return agent.node(step.metadata.node)  # let the node try again
             index = agent._node_index.get(step.metadata.node)
             if index is not None:
-                return agent.nodes[(index + 1) % len(agent.nodes)]
-        return agent.nodes[0]
+                return agent.following(index)
+        return agent.following(-1)
+
+    def following(self, index: int) -> Node:
+        """The node that runs after the node at `index` (-1: the first), wrapping around and
+        skipping nodes that run only when named (`Node.in_order` False)."""
+        count = len(self.nodes)
+        for step in range(1, count + 1):
+            node = self.nodes[(index + step) % count]
+            if node.in_order:
+                return node
+        raise UsageError(f"Agent {self.name!r} has no node that runs in order.")
 
     def plan(self, tape: Tape[Any, Any]) -> tuple[str, Node]:
         """Which agent (by path) holds the tape, and which of its nodes acts next."""

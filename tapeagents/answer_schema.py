@@ -13,7 +13,7 @@ from typing import Any
 from tapeagents.environment import ToolSpec
 from tapeagents.steps import Observation, Step
 
-__all__ = ["steps_response_format"]
+__all__ = ["example_fields", "fields_schema", "steps_response_format"]
 
 
 def steps_response_format(
@@ -121,3 +121,36 @@ def _renamed(value: Any, renames: Mapping[str, str]) -> Any:
     if isinstance(value, list):
         return [_renamed(v, renames) for v in value]
     return value
+
+
+def fields_schema(cls: type[Step]) -> dict[str, Any]:
+    """The JSON schema of a step type's own fields (no `kind`, no `metadata`): its tool's
+    parameters."""
+    schema = cls.model_json_schema()
+    props = {
+        k: {kk: vv for kk, vv in v.items() if kk != "title"}
+        for k, v in schema.get("properties", {}).items()
+        if k not in ("kind", "metadata")
+    }
+    result: dict[str, Any] = {"type": "object", "properties": props}
+    required = [r for r in schema.get("required", []) if r not in ("kind", "metadata")]
+    if required:
+        result["required"] = required
+    if "$defs" in schema:
+        defs = {k: v for k, v in schema["$defs"].items() if k != "StepMetadata"}
+        if defs:
+            result["$defs"] = defs
+    return result
+
+
+def example_fields(cls: type[Step]) -> dict[str, Any]:
+    """Each field of a step type with its type's name: the JSON-mode format shown to models."""
+    return {
+        name: (
+            field.annotation.__name__
+            if isinstance(field.annotation, type)
+            else str(field.annotation)
+        )
+        for name, field in cls.model_fields.items()
+        if name not in ("kind", "metadata")
+    }

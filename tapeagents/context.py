@@ -41,6 +41,8 @@ __all__ = [
     "FailOnOverflow",
     "InvalidChat",
     "KeepLast",
+    "Summarize",
+    "SummaryNeeded",
     "Unit",
     "fit_context",
     "units_from_messages",
@@ -302,6 +304,36 @@ class KeepLast:
                 ),
             )
         return _assemble(head, units, lead, start)
+
+
+class SummaryNeeded(Exception):
+    """The prompt does not fit: the agent's `node` should summarize the conversation first."""
+
+    def __init__(self, node: str) -> None:
+        super().__init__(f"The prompt does not fit; node {node!r} summarizes the conversation.")
+        self.node = node
+
+
+@dataclass(frozen=True)
+class Summarize:
+    """When everything does not fit: the agent's `node` (a `tapeagents.Summarizer`) writes a
+    `Summary` step of the conversation so far, and prompts show the summary in place of the
+    steps before it. The summary is a step on the tape, so runs replay and export it.
+
+    Args:
+        node: The name of the agent's `Summarizer` node.
+    """
+
+    node: str = "summarize"
+
+    def fit(
+        self, head: list[Message], units: Sequence[Unit], *, budget: int, count: TokenCounter
+    ) -> list[Message]:
+        counts = _Counts(count)
+        lead, room = _check_fixed(head, units, budget, counts)
+        if _fits_whole(units, lead, room, counts):
+            return _everything(head, units)
+        raise SummaryNeeded(self.node)
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,7 @@ from tapeagents.steps import (
     Respond,
     SetNextNode,
     Step,
+    Summary,
     ToolCall,
     UnknownStep,
 )
@@ -44,7 +45,15 @@ from tapeagents.views import TapeViews
 if TYPE_CHECKING:
     from tapeagents.llm_node import LLMNode
 
-__all__ = ["ACK", "NO_RESULT", "Conversations", "messages", "render_prefixes", "same_output"]
+__all__ = [
+    "ACK",
+    "NO_RESULT",
+    "Conversations",
+    "messages",
+    "output_groups",
+    "render_prefixes",
+    "same_output",
+]
 
 ACK = "recorded"
 """Tool-message content that acknowledges a step the model emitted as a tool call."""
@@ -83,6 +92,27 @@ def render_prefixes(
 def messages(units: Sequence[Unit]) -> list[dict[str, Any]]:
     """The messages of the units, in order."""
     return [message for unit in units for message in unit.messages]
+
+
+def output_groups(steps: Sequence[Step]) -> list[tuple[int, int]]:
+    """The `(start, stop)` index ranges of `steps` that one model output produced.
+
+    Consecutive agent steps with the same `llm_call_id` form a group, and so do consecutive
+    agent steps without one from the same agent and node (a non-LLM turn, or steps written by
+    hand). Every observation, error and unknown step is a group of its own. Prompts render each
+    group as one message, and exporters make one training example of each LLM-produced group.
+    """
+    groups: list[tuple[int, int]] = []
+    i, n = 0, len(steps)
+    while i < n:
+        step = steps[i]
+        j = i + 1
+        if not isinstance(step, Observation | Error | UnknownStep):
+            while j < n and same_output(step, steps[j]):
+                j += 1
+        groups.append((i, j))
+        i = j
+    return groups
 
 
 def same_output(first: Step, other: Step) -> bool:
@@ -127,6 +157,9 @@ class _Builder:
         """The last `Call` to each subagent shown as a tool call: agent name -> step id."""
         self.used: set[str] = set()
         self.used_order: list[str] = []
+        self.summary_at: int | None = None
+        """Index of the unit of the last `Summary`: the units before it (the task aside) are
+        not shown."""
 
     def run(self, ends: Sequence[int]) -> dict[int, list[Unit]]:
         """Render the view up to the last of `ends` (ascending); the units at each end."""
@@ -173,6 +206,7 @@ class _Builder:
             list(self.deferred),
             dict(self.calls),
             len(self.used_order),
+            self.summary_at,
         )
 
     def rewind(self, mark: _Mark) -> None:
@@ -182,6 +216,7 @@ class _Builder:
             del mark.last.messages[mark.last_size :]
             self.units[-1] = mark.last
         self.waiting, self.deferred, self.calls = mark.waiting, mark.deferred, mark.calls
+        self.summary_at = mark.summary_at
         for call_id in self.used_order[mark.used :]:
             self.used.discard(call_id)
         del self.used_order[mark.used :]
@@ -193,14 +228,19 @@ class _Builder:
     # ------------------------------------------------------------------ messages
 
     def closed_units(self) -> Sequence[Unit]:
-        """`closed` as units, without copying the units before the last one."""
+        """The conversation so far, calls still waiting answered "no result", as units (the
+        units are not copied)."""
+        units: Sequence[Unit] = self.units
+        if self.summary_at is not None:  # the task, then the summary and what came after
+            lead = 1 if self.units[0].pinned and self.summary_at > 0 else 0
+            units = _Joined(self.units[:lead], lead, _Tail(self.units, self.summary_at))
         if not self.waiting and not self.deferred:
-            return self.units
+            return units
         unanswered = [_tool_message(call_id, NO_RESULT) for call_id in self.waiting.values()]
-        last = self.units[-1]
+        last = units[-1]
         tail = [Unit(last.messages + unanswered, observation=last.observation, pinned=last.pinned)]
         tail += [Unit([message], observation=True) for message in self.deferred]
-        return _Joined(self.units, len(self.units) - 1, tail)
+        return _Joined(units, len(units) - 1, tail)
 
     def add(self, message: dict[str, Any], *, observation: bool = False) -> None:
         """Append a message that is not a tool result (it ends the last tool-call block).
@@ -270,6 +310,11 @@ class _Builder:
             )
         elif isinstance(first, Error):
             return  # infrastructure failures are not part of the conversation
+        elif isinstance(first, Summary):
+            self.add(
+                {"role": "user", "content": f"[summary of the conversation so far]\n{first.text}"}
+            )
+            self.summary_at = len(self.units) - 1
         elif isinstance(first, UnknownStep):
             self.add(
                 {"role": "user", "content": f"[{first.kind}] {first.llm_text()}"}, observation=True
@@ -394,6 +439,7 @@ class _Mark:
     deferred: list[dict[str, Any]]
     calls: dict[str, str]
     used: int
+    summary_at: int | None
 
 
 class _Joined(Sequence[Unit]):
@@ -417,6 +463,29 @@ class _Joined(Sequence[Unit]):
         if not 0 <= index < len(self):
             raise IndexError(index)
         return self._units[index] if index < self._keep else self._tail[index - self._keep]
+
+
+class _Tail(Sequence[Unit]):
+    """The units of a list from `start` on, without copying them."""
+
+    def __init__(self, units: Sequence[Unit], start: int) -> None:
+        self._units, self._start = units, start
+
+    def __len__(self) -> int:
+        return len(self._units) - self._start
+
+    @overload
+    def __getitem__(self, index: int) -> Unit: ...
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[Unit]: ...
+    def __getitem__(self, index: int | slice) -> Unit | Sequence[Unit]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        if index < 0:
+            index += len(self)
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        return self._units[self._start + index]
 
 
 class Conversations:

@@ -16,27 +16,32 @@ from pydantic import ValidationError
 from pydantic_core import to_jsonable_python
 
 from tapeagents.agent import Agent, Node, NodeOutput
-from tapeagents.answer_schema import steps_response_format
-from tapeagents.context import ContextPolicy, ElideObservations, Unit, fit_context
-from tapeagents.conversation import Conversations, messages, render_prefixes, same_output
+from tapeagents.answer_schema import example_fields, fields_schema, steps_response_format
+from tapeagents.context import (
+    ContextPolicy,
+    ElideObservations,
+    SummaryNeeded,
+    Unit,
+    fit_context,
+)
+from tapeagents.conversation import Conversations, messages, output_groups, render_prefixes
 from tapeagents.environment import ToolSpec
 from tapeagents.errors import LLMError, UsageError
 from tapeagents.llms import LLM, LLMCall, LLMOutput, Prompt, ToolCallRequest
 from tapeagents.steps import (
     AssistantMessage,
     Call,
-    Error,
     LLMFailure,
-    Observation,
     ParsingFailure,
     Reasoning,
+    SetNextNode,
     Step,
+    Summary,
     ToolCall,
-    UnknownStep,
 )
 from tapeagents.tape import Tape
 
-__all__ = ["LLMNode", "output_groups"]
+__all__ = ["LLMNode", "Summarizer", "output_groups"]  # output_groups: from conversation
 
 DEFAULT_POLICY = ElideObservations()
 """What an `LLMNode` does with a prompt too long for its model's window, unless told."""
@@ -166,7 +171,7 @@ class LLMNode(Node):
                         "function": {
                             "name": kind,
                             "description": (cls.__doc__ or kind).strip().split("\n")[0],
-                            "parameters": _fields_schema(cls),
+                            "parameters": fields_schema(cls),
                         },
                     }
                 )
@@ -176,7 +181,7 @@ class LLMNode(Node):
     def json_instructions(self) -> str:
         """The output format explained to a model in JSON mode."""
         formats = [
-            json.dumps({"kind": kind, **_example_fields(cls)})
+            json.dumps({"kind": kind, **example_fields(cls)})
             for kind, cls in self.step_types.items()
         ]
         formats += [
@@ -189,7 +194,7 @@ class LLMNode(Node):
                 json.dumps(
                     {
                         "kind": self.text_step.model_fields["kind"].default,
-                        **_example_fields(self.text_step),
+                        **example_fields(self.text_step),
                     }
                 ),
             )
@@ -460,7 +465,14 @@ class LLMNode(Node):
         llm = agent.llm(self.llm)
         call: LLMCall | None = None
         try:
-            prompt = self.make_prompt(agent, tape)  # a prompt that cannot fit is an LLMFailure
+            prompt = self.make_prompt(agent, tape)
+        except SummaryNeeded as needed:  # the summarizer writes a summary, then hands back
+            yield SetNextNode(next_node=needed.node)
+            return
+        except LLMError as error:  # a prompt that cannot be cut to fit
+            yield LLMFailure(error=f"{type(error).__name__}: {error}")
+            return
+        try:
             async for item in llm.stream_call(prompt):
                 if isinstance(item, LLMCall):
                     call = item
@@ -491,29 +503,60 @@ class LLMNode(Node):
             yield step
 
 
+class Summarizer(LLMNode):
+    """The node that `Summarize` hands a conversation to: it writes a `Summary` step of the
+    conversation so far (a plain-text answer is the summary), then hands the tape back to the
+    node that asked for it. Prompts show the summary in place of the steps before it.
+
+    Add it to the agent's nodes under the name the policy gives (`Summarize(node=...)`); it
+    runs only when asked (not in the order of the nodes), and cuts its own prompt with
+    `context` (default: `ElideObservations()`).
+    """
+
+    in_order = False
+
+    def __init__(
+        self,
+        name: str = "summarize",
+        *,
+        system_prompt: str = (
+            "Summarize the conversation so far for whoever continues it: the task, what has "
+            "been done and found (with the exact facts, names and numbers that matter), and "
+            "what remains to do. Answer with the summary only."
+        ),
+        llm: str = "default",
+        context: ContextPolicy | None = DEFAULT_POLICY,
+    ) -> None:
+        super().__init__(
+            name,
+            system_prompt=system_prompt,
+            steps=[Summary],
+            text_step=Summary,
+            llm=llm,
+            context=context,
+        )
+
+    async def generate(self, agent: Agent, tape: Tape[Any, Any]) -> AsyncIterator[NodeOutput]:
+        summarized = False
+        async for item in super().generate(agent, tape):
+            summarized = summarized or isinstance(item, Summary)
+            yield item
+        if not summarized:  # a failure: the run stops or asks this node again
+            return
+        asked = next(
+            (
+                step.metadata.node
+                for step in reversed(tape.steps)
+                if isinstance(step, SetNextNode) and step.next_node == self.name
+            ),
+            None,
+        )
+        if asked and asked != self.name:
+            yield SetNextNode(next_node=asked)
+
+
 class _ParseError(Exception):
     pass
-
-
-def output_groups(steps: Sequence[Step]) -> list[tuple[int, int]]:
-    """The `(start, stop)` index ranges of `steps` that one model output produced.
-
-    Consecutive agent steps with the same `llm_call_id` form a group, and so do consecutive
-    agent steps without one from the same agent and node (a non-LLM turn, or steps written by
-    hand). Every observation, error and unknown step is a group of its own. Prompts render each
-    group as one message, and exporters make one training example of each LLM-produced group.
-    """
-    groups: list[tuple[int, int]] = []
-    i, n = 0, len(steps)
-    while i < n:
-        step = steps[i]
-        j = i + 1
-        if not isinstance(step, Observation | Error | UnknownStep):
-            while j < n and same_output(step, steps[j]):
-                j += 1
-        groups.append((i, j))
-        i = j
-    return groups
 
 
 def _single_text_field(cls: type[Step]) -> str | None:
@@ -534,33 +577,3 @@ def _text_of(step: Step) -> str:
     field = _single_text_field(type(step))
     assert field is not None
     return str(getattr(step, field))
-
-
-def _fields_schema(cls: type[Step]) -> dict[str, Any]:
-    schema = cls.model_json_schema()
-    props = {
-        k: {kk: vv for kk, vv in v.items() if kk != "title"}
-        for k, v in schema.get("properties", {}).items()
-        if k not in ("kind", "metadata")
-    }
-    result: dict[str, Any] = {"type": "object", "properties": props}
-    required = [r for r in schema.get("required", []) if r not in ("kind", "metadata")]
-    if required:
-        result["required"] = required
-    if "$defs" in schema:
-        defs = {k: v for k, v in schema["$defs"].items() if k != "StepMetadata"}
-        if defs:
-            result["$defs"] = defs
-    return result
-
-
-def _example_fields(cls: type[Step]) -> dict[str, Any]:
-    return {
-        name: (
-            field.annotation.__name__
-            if isinstance(field.annotation, type)
-            else str(field.annotation)
-        )
-        for name, field in cls.model_fields.items()
-        if name not in ("kind", "metadata")
-    }

@@ -45,6 +45,7 @@ __all__ = [
     "StepMetadata",
     "StopStep",
     "StoreFailure",
+    "Summary",
     "Thought",
     "ToolCall",
     "ToolResult",
@@ -265,6 +266,15 @@ class Reasoning(Thought):
     kind: Literal["reasoning"] = "reasoning"
     text: str
     """The reasoning."""
+
+
+class Summary(Thought):
+    """A summary of the conversation before it, written when the conversation outgrew the
+    model's context window; prompts show it in place of the steps it covers."""
+
+    kind: Literal["summary"] = "summary"
+    text: str
+    """The summary."""
 
 
 class SetNextNode(Thought):

@@ -24,6 +24,7 @@ from tapeagents import (
     Reasoning,
     Respond,
     SetNextNode,
+    Summary,
     Tape,
     Thought,
     ToolCall,
@@ -102,7 +103,17 @@ def agent_step(draw: Any) -> Step:
     """One step an agent (or a hand) could write: thoughts, actions, control, stops."""
     kind = draw(
         st.sampled_from(
-            ["reasoning", "assistant", "plan", "tool", "final", "next", "call", "respond"]
+            [
+                "reasoning",
+                "assistant",
+                "plan",
+                "tool",
+                "final",
+                "next",
+                "call",
+                "respond",
+                "summary",
+            ]
         )
     )
     if kind == "reasoning":
@@ -117,6 +128,8 @@ def agent_step(draw: Any) -> Step:
         return ToolCall(name=name, arguments={"city": draw(TEXT)}, call_id=call_id)
     if kind == "final":
         return FinalAnswer(answer=draw(TEXT))
+    if kind == "summary":
+        return Summary(text=draw(TEXT))
     if kind == "next":
         return SetNextNode(next_node=draw(st.sampled_from(NODE_NAMES)))
     if kind == "call":
@@ -187,7 +200,7 @@ def requests(tape: Tape[Any, Any]) -> list[str]:
 
 
 @settings(
-    max_examples=int(os.environ.get("TAPEAGENTS_PROPERTY_EXAMPLES", "5000")),
+    max_examples=int(os.environ.get("TAPEAGENTS_PROPERTY_EXAMPLES", "1000")),
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )

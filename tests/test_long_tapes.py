@@ -10,6 +10,8 @@ from tapeagents import (
     Agent,
     AssistantMessage,
     LLMNode,
+    Summarize,
+    Summarizer,
     Tape,
     ToolCall,
     ToolEnvironment,
@@ -18,9 +20,11 @@ from tapeagents import (
     run_sync,
 )
 from tapeagents.context import ElideObservations, FailOnOverflow, KeepLast, validate_chat
-from tapeagents.llms import LLMOutput, Prompt, ScriptedLLM
+from tapeagents.llms import LLMOutput, Prompt, ScriptedLLM, tool_call
 from tapeagents.llms.base import estimate_prompt_tokens
+from tapeagents.replay import assert_replays
 from tapeagents.steps import LLMFailure, StepMetadata
+from tapeagents.store import TapeStore
 
 WINDOW = 8_192
 
@@ -100,3 +104,56 @@ def test_a_prompt_that_fits_is_sent_unchanged() -> None:
     agent = Agent("reader", nodes=[node], llms=llm)
     unlimited = Agent("reader", nodes=[node], llms=ScriptedLLM([]))
     assert node.make_prompt(agent, tape) == node.make_prompt(unlimited, tape)
+
+
+def summarizing_agent(prompts: list[Prompt]) -> Agent:
+    """Reads pages until its window is full, has the conversation summarized, then answers."""
+
+    def answer(prompt: Prompt) -> LLMOutput:
+        prompts.append(prompt)
+        if prompt.messages[0]["content"].startswith("Summarize the conversation"):
+            pages = sum(1 for m in prompt.messages if m["role"] == "tool")
+            return LLMOutput(content=f"Read {pages} pages; the machine is explained in detail.")
+        if any(
+            "[summary of the conversation so far]" in str(m["content"]) for m in prompt.messages
+        ):
+            return LLMOutput(content="The manual explains the machine.")
+        page = sum(1 for m in prompt.messages if m["role"] == "tool")
+        return LLMOutput(tool_calls=[tool_call("read", f'{{"page": {page}}}', id=f"r{page}")])
+
+    llm = ScriptedLLM(answer, context_window=WINDOW)
+    return Agent(
+        "reader",
+        nodes=[
+            LLMNode("main", steps=[AssistantMessage], tools=TOOLS, context=Summarize()),
+            Summarizer(),
+        ],
+        llms=llm,
+    )
+
+
+def test_summarize_writes_a_summary_step_that_replaces_the_steps_before_it() -> None:
+    prompts: list[Prompt] = []
+    agent = summarizing_agent(prompts)
+
+    def read_long(page: int) -> str:
+        """Read a page of the manual."""
+        return f"Page {page}. " + "The manual explains the machine in detail. " * 150
+
+    store = TapeStore("sqlite:///:memory:")
+    env = ToolEnvironment([TOOLS[0].model_copy(update={"function": read_long})])
+    result = run_sync(agent, "Summarize the manual.", env, store=store)
+    kinds = result.tape.kinds()
+    assert result.reason == "awaiting_input", result.error
+    at = kinds.index("summary")
+    assert kinds[at - 1 : at + 2] == ["set_next_node", "summary", "set_next_node"]
+    assert kinds[-1] == "assistant"
+    summary, back = result.tape.steps[at : at + 2]
+    assert summary.metadata.node == "summarize" and back.next_node == "main"  # type: ignore[attr-defined]
+    last = prompts[-1]
+    validate_chat(last.messages, last.tools)
+    assert [m["role"] for m in last.messages] == ["user", "user"]  # the task, then the summary
+    assert last.messages[0]["content"] == "Summarize the manual."
+    assert summary.text in last.messages[1]["content"]  # type: ignore[attr-defined]
+    # the summary is a step on the tape: the session replays with the recorded answers
+    assert_replays(summarizing_agent([]), store)

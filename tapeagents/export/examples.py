@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel
 
 from tapeagents.agent import Agent
+from tapeagents.conversation import output_groups
 from tapeagents.errors import UsageError
 from tapeagents.export.json_texts import example_texts, share_texts
 from tapeagents.export.prefixes import prefix_prompts
@@ -36,7 +37,7 @@ from tapeagents.export.selection import (
     select_tapes,
     split_of,
 )
-from tapeagents.llm_node import LLMNode, output_groups
+from tapeagents.llm_node import LLMNode
 from tapeagents.llms import LLMOutput, Prompt
 from tapeagents.steps import (
     Error,

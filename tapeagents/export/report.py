@@ -63,6 +63,9 @@ class ExportReport(BaseModel):
     """Token-level exports: tokens with a label (the answers)."""
     truncated: int = 0
     """Token-level exports: examples whose prompt was cut from the left to fit."""
+    images_as_notes: int = 0
+    """Token-level exports: image parts in the written prompts that the model, which reads
+    text only, sees as a note (`IMAGE_NOTE`) instead."""
 
     def skip(self, reason: str, count: int = 1) -> None:
         if count:
@@ -92,6 +95,10 @@ class ExportReport(BaseModel):
             lines.append(
                 f"{self.tokens} tokens, {self.target_tokens} of them labelled; "
                 f"{self.truncated} prompts cut from the left."
+            )
+        if self.images_as_notes:
+            lines.append(
+                f"{self.images_as_notes} images written as a note: the model reads text only."
             )
         for reason, count in sorted(self.skipped.items(), key=lambda item: -item[1]):
             lines.append(f"left out: {count} × {reason}")

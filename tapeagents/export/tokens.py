@@ -4,7 +4,9 @@ The prompt is tokenized exactly as `LocalLLM` tokenizes it to generate, and the 
 the model would write it, ending with its end-of-turn token. Labels are -100 on every prompt
 token, so the loss falls on the answer only. Lengths are counted in tokens: an example longer
 than `max_length` is dropped, or (with `truncation="left"`) loses prompt tokens from the start;
-the answer itself is never cut, and every drop or cut is counted in the report.
+the answer itself is never cut, and every drop or cut is counted in the report. The local
+models read text only: an image in a prompt is written as a note (`IMAGE_NOTE`), and counted in
+the report's `images_as_notes`.
 """
 
 from __future__ import annotations
@@ -95,6 +97,7 @@ def token_examples(
                 report.skip(f"{what} longer than {limit} tokens")
                 continue
         ids = prompt_ids + answer_ids
+        report.images_as_notes += _images_of(example)
         report.tokens += len(ids)
         report.target_tokens += len(answer_ids)
         yield TokenExample(
@@ -105,6 +108,17 @@ def token_examples(
             labels=[IGNORE_INDEX] * len(prompt_ids) + answer_ids,
             attention_mask=[1] * len(ids),
         )
+
+
+def _images_of(example: TrainingExample) -> int:
+    """How many image parts the example's prompt holds."""
+    return sum(
+        1
+        for message in example.prompt.messages
+        if isinstance(message.get("content"), list)
+        for part in message["content"]
+        if isinstance(part, dict) and part.get("type") == "image_url"
+    )
 
 
 def write_token_jsonl(
