@@ -1,7 +1,8 @@
 """Agents for the browser: an LLM web agent, and scripted expert policies for MiniWoB++.
 
 `web_agent(llm)` is an `LLMNode` offered the browser actions and `FinalAnswer` as tools; it
-reads each page as its accessibility snapshot (older snapshots are left out of the prompt to
+reads each page as its accessibility snapshot, and as a screenshot when the environment takes
+them and the model reads images (older snapshots and screenshots are left out of the prompt to
 keep it short). `expert_agent()` solves the MiniWoB++ tasks of `EXPERT_POLICIES` with
 hand-written rules that read the same snapshots; its tapes are ordinary tapes, usable as
 demonstrations for fine-tuning the web agent.
@@ -71,17 +72,30 @@ def _finished(page: PageObservation) -> FinalAnswer:
 class WebNode(LLMNode):
     """An `LLMNode` for web pages: shows only the latest snapshots and stops when a task ends.
 
+    Screenshots (`BrowserEnvironment(screenshots=True)`) reach a model that reads images
+    (`LLM.supports_images`) as image parts; other models see a note in their place.
+
     Args:
         name: The node's name.
         keep_snapshots: How many of the most recent page snapshots the prompt shows in full.
+        keep_screenshots: How many of the most recent screenshots the prompt shows (each costs
+            a model hundreds of tokens).
         **options: `LLMNode` options (`system_prompt`, `mode`, `llm`, ...).
     """
 
-    def __init__(self, name: str = "act", *, keep_snapshots: int = 1, **options: Any) -> None:
+    def __init__(
+        self,
+        name: str = "act",
+        *,
+        keep_snapshots: int = 1,
+        keep_screenshots: int = 1,
+        **options: Any,
+    ) -> None:
         options.setdefault("system_prompt", WEB_AGENT_PROMPT)
         options.setdefault("steps", (*ACTION_TYPES, FinalAnswer))
         super().__init__(name, **options)
         self.keep_snapshots = keep_snapshots
+        self.keep_screenshots = keep_screenshots
 
     def make_prompt(self, agent: Agent, tape: Tape[Any, Any]) -> Any:
         return super().make_prompt(agent, self._elide(tape))
@@ -89,13 +103,19 @@ class WebNode(LLMNode):
     def _elide(self, tape: Tape[Any, Any]) -> Tape[Any, Any]:
         """A view of the tape whose older page observations have no snapshot or screenshot."""
         pages = [i for i, step in enumerate(tape.steps) if isinstance(step, PageObservation)]
-        old = set(pages[: max(0, len(pages) - self.keep_snapshots)])
-        if not old:
+        old_snapshots = set(pages[: max(0, len(pages) - self.keep_snapshots)])
+        shots = [i for i in pages if getattr(tape.steps[i], "screenshot", None)]
+        old_shots = set(shots[: max(0, len(shots) - self.keep_screenshots)])
+        if not old_snapshots and not old_shots:
             return tape
-        steps = [
-            step.model_copy(update={"snapshot": _ELIDED, "screenshot": None}) if i in old else step
-            for i, step in enumerate(tape.steps)
-        ]
+        steps = list(tape.steps)
+        for i in old_snapshots | old_shots:
+            update: dict[str, Any] = {}
+            if i in old_snapshots:
+                update["snapshot"] = _ELIDED
+            if i in old_shots:
+                update["screenshot"] = None
+            steps[i] = steps[i].model_copy(update=update)
         return tape.model_copy(update={"steps": steps})
 
     async def generate(self, agent: Agent, tape: Tape[Any, Any]) -> AsyncIterator[NodeOutput]:
@@ -113,6 +133,7 @@ def web_agent(
     name: str = "web-agent",
     mode: str = "tools",
     keep_snapshots: int = 1,
+    keep_screenshots: int = 1,
 ) -> Agent:
     """An LLM agent that browses: one `WebNode` with the browser actions as tools.
 
@@ -121,8 +142,14 @@ def web_agent(
         name: The agent's name.
         mode: "tools" (native tool calls) or "json" (a JSON list of steps in the answer text).
         keep_snapshots: How many recent page snapshots the prompt shows in full.
+        keep_screenshots: How many recent screenshots the prompt shows to a model that reads
+            images (the environment takes them with `screenshots=True`).
     """
-    node = WebNode(keep_snapshots=keep_snapshots, mode=mode)  # type: ignore[arg-type]
+    node = WebNode(
+        keep_snapshots=keep_snapshots,
+        keep_screenshots=keep_screenshots,
+        mode=mode,  # type: ignore[arg-type]
+    )
     return Agent(name, nodes=[node], llms=llm)
 
 

@@ -7,7 +7,7 @@ answered by one `PageObservation`: the page after the action, or the reason it f
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field
 
@@ -122,7 +122,8 @@ class PageObservation(Observation):
 
     `snapshot` is the page's ARIA tree in YAML with element references (`[ref=e12]`). For a
     task page, `goal` is set on the first observation of an episode and `reward`/`done` once
-    the task is scored. `screenshot` (optional) is a `data:image/png;base64,...` URL.
+    the task is scored. `screenshot` (optional) is a `data:image/png;base64,...` URL: an image
+    field, which a prompt shows to a model that reads images as an image, and never as text.
     """
 
     kind: Literal["browser_page"] = "browser_page"
@@ -146,6 +147,7 @@ class PageObservation(Observation):
     """True once the task is over; further actions are refused."""
     screenshot: str | None = None
     """A PNG screenshot as a data URL, when the environment takes screenshots."""
+    image_fields: ClassVar[tuple[str, ...]] = ("screenshot",)
 
     def llm_text(self) -> str:
         """The observation as the model reads it: plain lines, then the page tree."""

@@ -41,6 +41,11 @@ class CachedLLM(LLM):
         """The wrapped LLM's context window."""
         return self.llm.context_window
 
+    @property
+    def supports_images(self) -> bool:
+        """Whether the wrapped LLM reads images."""
+        return self.llm.supports_images
+
     def count_tokens(
         self, messages: Sequence[dict[str, Any]], tools: Sequence[dict[str, Any]] | None = None
     ) -> int:

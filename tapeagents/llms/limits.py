@@ -231,11 +231,23 @@ class RateLimit:
 
 
 def estimate_tokens(messages: Sequence[dict[str, Any]], tools: Any = None) -> int:
-    """A rough count of a prompt's tokens (4 characters a token), for rate limiting only."""
-    size = sum(len(str(m.get("content") or "")) + 16 for m in messages)
+    """A rough count of a prompt's tokens (4 characters a token), for rate limiting only.
+
+    Image parts count at the price of an image (`IMAGE_TOKENS`), not by the length of their
+    data URL, which would make a screenshot cost a rate limit's whole minute.
+    """
+    from tapeagents.llms.base import content_text, image_tokens  # base imports this module
+
+    size = images = 0
+    for message in messages:
+        content = message.get("content")
+        if isinstance(content, list):
+            images += image_tokens(content)
+            content = content_text(content, image="")
+        size += len(str(content or "")) + 16
     if tools:
         size += len(json.dumps(tools))
-    return size // 4 + 1
+    return size // 4 + 1 + images
 
 
 # ----------------------------------------------------------------------------- the gate

@@ -180,6 +180,11 @@ class LiteLLM(LLM):
     `max_retries` times with exponential backoff starting at `backoff` seconds. A `rate_limit`
     (requests and tokens per minute) is shared by every session that uses this object.
 
+    Images reach the model as image content parts when it reads them (`supports_images`):
+    by default when litellm's bundled model map says the model supports vision (a model it
+    does not know reads none); `vision=True` or `vision=False` says so for self-hosted and new
+    models. Not recorded.
+
     Example:
         >>> llm = LiteLLM("gpt-4o-mini", temperature=0.0)
     """
@@ -196,6 +201,7 @@ class LiteLLM(LLM):
         api_base: str | None = None,
         api_key: str | None = None,
         rate_limit: RateLimit | None = None,
+        vision: bool | None = None,
         **extra: Any,
     ) -> None:
         reserved = sorted(_RESERVED.intersection(extra))
@@ -223,6 +229,8 @@ class LiteLLM(LLM):
         super().__init__(model, **params)
         self.timeout = timeout
         self.api_base = api_base
+        self.vision = vision
+        """Whether the model reads images: None asks litellm's model map."""
         self._api_key = _Secret(api_key)
         self.gate = RequestGate(
             retry=RetryPolicy(max_retries=max_retries, backoff=backoff, max_delay=_MAX_DELAY),
@@ -436,6 +444,14 @@ class LiteLLM(LLM):
         except Exception:  # models without a known price
             return None
 
+    @property
+    def supports_images(self) -> bool:
+        """Whether prompts show the model images: `vision=` when given, else what litellm's
+        bundled model map says (`litellm.supports_vision`; False for a model it does not know)."""
+        if self.vision is not None:
+            return self.vision
+        return _model_vision(self.model)
+
     # ------------------------------------------------------------ context window and counting
 
     @property
@@ -484,6 +500,16 @@ def _model_window(model: str) -> int | None:
         return None
     window = info.get("max_input_tokens")
     return int(window) if window else None
+
+
+@functools.lru_cache(maxsize=256)
+def _model_vision(model: str) -> bool:
+    """Whether litellm's bundled model map says `model` reads images (False if it has no entry)."""
+    litellm = _import_litellm()
+    try:
+        return bool(litellm.supports_vision(model=model))
+    except Exception:  # litellm raises for some models it has not mapped
+        return False
 
 
 @functools.lru_cache(maxsize=256)

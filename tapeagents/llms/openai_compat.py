@@ -139,6 +139,9 @@ class OpenAICompatLLM(LLM):
             server was started with (vLLM's `--max-model-len`, llama.cpp's `--ctx-size`); the
             server does not say, so without it no context policy applies. Prompts are counted
             with `estimate_prompt_tokens` (an overestimate). Not recorded.
+        vision: Whether the served model reads images (a vision-language model): then prompts
+            carry images as `image_url` content parts, else a note in their place. The server
+            does not say, so the default is False. Not recorded.
         **extra: Other request fields (`top_p`, `seed`, `stop`, `logprobs`, `top_logprobs`,
             `tool_choice`, server-specific ones such as vLLM's `top_k`); recorded.
 
@@ -162,6 +165,7 @@ class OpenAICompatLLM(LLM):
         prices: tuple[float, float] | None = None,
         headers: Mapping[str, str] | None = None,
         context_window: int | None = None,
+        vision: bool = False,
         **extra: Any,
     ) -> None:
         reserved = sorted(_RESERVED.intersection(extra))
@@ -195,6 +199,7 @@ class OpenAICompatLLM(LLM):
         self.timeout = timeout
         self.max_connections = max_connections
         self.prices = prices
+        self.vision = vision
         self._headers = httpx.Headers(  # its repr hides the authorization header
             {"Content-Type": "application/json", "Accept": "application/json", **(headers or {})}
         )
@@ -214,6 +219,11 @@ class OpenAICompatLLM(LLM):
         )
         self._clients: dict[asyncio.AbstractEventLoop, _Clients] = {}
         self._closers: dict[asyncio.AbstractEventLoop, AsyncGenerator[None]] = {}
+
+    @property
+    def supports_images(self) -> bool:
+        """Whether prompts show the model images (`vision=`)."""
+        return self.vision
 
     # --------------------------------------------------------------------- transport
 

@@ -9,7 +9,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from tapeagents.errors import ReplayMismatch, UsageError
-from tapeagents.llms.base import LLM, LLMCall, LLMOutput, Prompt
+from tapeagents.llms.base import LLM, LLMCall, LLMOutput, Prompt, image_tokens
 
 __all__ = ["ReplayLLM", "prompt_diff"]
 
@@ -49,7 +49,8 @@ class ReplayLLM(LLM):
         calls: The recorded calls.
         like: The backend that was recorded. Its context window and token counts are used, so
             that a context policy cuts a long conversation exactly as it did when recording;
-            without it the window is unknown and no policy applies.
+            without it the window is unknown and no policy applies. Images: the recorded
+            model read them if a recorded prompt shows one, else if `like` reads them.
     """
 
     def __init__(self, calls: Iterable[LLMCall], *, like: LLM | None = None) -> None:
@@ -62,6 +63,11 @@ class ReplayLLM(LLM):
         self._by_prompt: dict[str, deque[LLMCall]] = defaultdict(deque)
         for call in recorded:
             self._by_prompt[_prompt_key(call.prompt)].append(call)
+        self._saw_images = any(
+            image_tokens(message.get("content"))
+            for call in recorded
+            for message in call.prompt.messages
+        )
 
     async def generate(self, prompt: Prompt) -> LLMOutput:
         queue = self._by_prompt.get(_prompt_key(prompt))
@@ -74,6 +80,14 @@ class ReplayLLM(LLM):
     def context_window(self) -> int | None:
         """The recorded backend's context window (`like`), or None."""
         return self.like.context_window if self.like is not None else None
+
+    @property
+    def supports_images(self) -> bool:
+        """Whether prompts carry images as content parts: yes if a recorded prompt shows one
+        (the recording is the evidence, whatever stand-in `like` is), else as `like` does."""
+        if self._saw_images:
+            return True
+        return self.like.supports_images if self.like is not None else False
 
     def count_tokens(
         self, messages: Sequence[dict[str, Any]], tools: Sequence[dict[str, Any]] | None = None

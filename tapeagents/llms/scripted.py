@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 
 from tapeagents.errors import UsageError
-from tapeagents.llms.base import LLM, LLMOutput, Prompt, ToolCallRequest, Usage
+from tapeagents.llms.base import LLM, LLMOutput, Prompt, ToolCallRequest, Usage, content_text
 from tapeagents.steps import new_id
 
 __all__ = ["ScriptedLLM", "tool_call"]
@@ -22,18 +22,25 @@ def tool_call(name: str, arguments: str = "{}", *, id: str | None = None) -> Too
 class ScriptedLLM(LLM):
     """Answers with the given outputs in order, or with `function(prompt)`.
 
-    Strings become text outputs. Token counts are word counts, which keeps tests readable.
-    `context_window` (tokens) lets tests exercise context policies; prompts are counted with
-    `estimate_prompt_tokens`.
+    Strings become text outputs. Token counts are word counts (of the text, images left
+    out), which keeps tests readable. `context_window` (tokens) lets tests exercise context
+    policies; prompts are counted with `estimate_prompt_tokens`. With `vision=True` the
+    prompts carry images as content parts, as for a vision model.
 
     Example:
         >>> llm = ScriptedLLM(["Hello!", "Bye."])
     """
 
     def __init__(
-        self, script: Script, *, model: str = "scripted", context_window: int | None = None
+        self,
+        script: Script,
+        *,
+        model: str = "scripted",
+        context_window: int | None = None,
+        vision: bool = False,
     ) -> None:
         super().__init__(model, context_window=context_window)
+        self.vision = vision
         self._function: Callable[[Prompt], Answer] | None = None
         self._answers: list[Answer] = []
         if callable(script):
@@ -43,6 +50,11 @@ class ScriptedLLM(LLM):
         self._next = 0
         self.prompts: list[Prompt] = []
         """Every prompt received, in order."""
+
+    @property
+    def supports_images(self) -> bool:
+        """Whether prompts show images as content parts (`vision=`)."""
+        return self.vision
 
     async def generate(self, prompt: Prompt) -> LLMOutput:
         self.prompts.append(prompt)
@@ -58,7 +70,9 @@ class ScriptedLLM(LLM):
             self._next += 1
         if isinstance(answer, LLMOutput):
             return answer
-        prompt_words = sum(len(str(m.get("content") or "").split()) for m in prompt.messages)
+        prompt_words = sum(
+            len(content_text(m.get("content"), image="").split()) for m in prompt.messages
+        )
         return LLMOutput(
             content=answer,
             usage=Usage(prompt_tokens=prompt_words, completion_tokens=len(answer.split())),

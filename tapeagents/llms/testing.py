@@ -12,7 +12,7 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
-from tapeagents.llms.base import LLM, LLMOutput, Prompt, ToolCallRequest, Usage
+from tapeagents.llms.base import LLM, LLMOutput, Prompt, ToolCallRequest, Usage, content_text
 
 __all__ = ["TestLLM", "example_arguments"]
 
@@ -28,6 +28,7 @@ class TestLLM(LLM):
         call_tools: Which offered tools to call: "all", or a list of tool names.
         model: The model name recorded in `LLMCall`s.
         context_window: The context window to report (tokens), to exercise context policies.
+        vision: Whether prompts show it images as content parts, as for a vision model.
 
     Example:
         >>> llm = TestLLM(text="All done.")
@@ -42,18 +43,27 @@ class TestLLM(LLM):
         call_tools: Literal["all"] | Sequence[str] = "all",
         model: str = "test",
         context_window: int | None = None,
+        vision: bool = False,
     ) -> None:
         super().__init__(model, context_window=context_window)
+        self.vision = vision
         self.text = text
         self.call_tools = call_tools if call_tools == "all" else list(call_tools)
         self.prompts: list[Prompt] = []
         """Every prompt received, in order."""
 
+    @property
+    def supports_images(self) -> bool:
+        """Whether prompts show images as content parts (`vision=`)."""
+        return self.vision
+
     async def generate(self, prompt: Prompt) -> LLMOutput:
         self.prompts.append(prompt)
         called = _called_tools(prompt.messages)
         turn = sum(1 for message in prompt.messages if message.get("role") == "assistant")
-        prompt_words = sum(len(str(m.get("content") or "").split()) for m in prompt.messages)
+        prompt_words = sum(
+            len(content_text(m.get("content"), image="").split()) for m in prompt.messages
+        )
         for name, parameters in _offered_tools(prompt.tools):
             if name in called or (self.call_tools != "all" and name not in self.call_tools):
                 continue

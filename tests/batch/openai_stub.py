@@ -15,6 +15,8 @@ The model name picks the behaviour:
   ("Let me check.") and two calls of the tool (a=1 and a=2) in one answer, streamed as
   interleaved content and tool-call deltas.
 
+A message given as content parts reads as its text parts (images are not looked at).
+
 Every request is kept in `Stub.requests` (headers and JSON body) for assertions.
 """
 
@@ -91,7 +93,7 @@ class Stub:
         if model.startswith("slow-"):
             await asyncio.sleep(int(model.split("-")[1]) / 1000)
         last = request["messages"][-1]
-        text = str(last.get("content") or "")
+        text = _text(last.get("content"))
         words = f"echo: {text}".split()
         tool = None
         if text.startswith("call ") and request.get("tools"):
@@ -197,6 +199,13 @@ class Stub:
 
 
 MIXED_TEXT = "Let me check."
+
+
+def _text(content: Any) -> str:
+    """A message's text: its content, or the text parts of a list of content parts."""
+    if isinstance(content, list):
+        return " ".join(str(p.get("text", "")) for p in content if p.get("type") == "text")
+    return str(content or "")
 
 
 def mixed_calls(tool: str) -> list[dict[str, Any]]:

@@ -12,7 +12,7 @@ import json
 from typing import Any
 
 from tapeagents.errors import ContextWindowExceeded, UsageError
-from tapeagents.llms.base import LLMOutput, Prompt, ToolCallRequest
+from tapeagents.llms.base import LLMOutput, Prompt, ToolCallRequest, content_text
 from tapeagents.llms.local.weights import LoadedModel
 from tapeagents.steps import new_id
 
@@ -37,11 +37,15 @@ def chat_messages(
 ) -> list[dict[str, Any]]:
     """Messages the chat template can render: text contents, and tool traffic as plain
     text when the template knows no tool calls; tools go in the system message when the
-    template cannot show them."""
+    template cannot show them.
+
+    The local models read text only: a content given as OpenAI content parts is flattened to
+    its text, with a note (`IMAGE_NOTE`) where an image was.
+    """
     out: list[dict[str, Any]] = []
     for message in messages:
         role = message.get("role", "user")
-        content = _text(message.get("content"))
+        content = content_text(message.get("content"))
         calls = message.get("tool_calls") or []
         if loaded.supports_tool_calls:
             converted = {k: v for k, v in message.items() if v is not None}
@@ -145,19 +149,6 @@ def read_tool_calls(output: LLMOutput, prompt: Prompt) -> LLMOutput:
     kept.append(text[position:])
     content = "".join(kept).replace("```json", "").replace("```", "").strip()
     return output.model_copy(update={"content": content or None, "tool_calls": calls})
-
-
-def _text(content: Any) -> str:
-    """Message content as text (OpenAI content parts are joined; other parts are dropped)."""
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "".join(
-            part.get("text", "") if isinstance(part, dict) else str(part) for part in content
-        )
-    return str(content)
 
 
 def _call_text(call: Any) -> str:

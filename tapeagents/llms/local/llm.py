@@ -81,7 +81,9 @@ class LocalLLM(LLM):
     chat template; tools are described in the system message when the template has no tool
     support, and the JSON calls the model writes are read back into `tool_calls`. With
     `tool_choice="required"` (or a tool's name) in the prompt, or a `response_format` schema,
-    llama.cpp decodes under a grammar, so the call or the JSON always parses.
+    llama.cpp decodes under a grammar, so the call or the JSON always parses. The models read
+    text only (`supports_images` is False): an agent's prompt shows a note where an image was,
+    and image parts in a request are replaced by `IMAGE_NOTE`.
 
     Example:
         >>> llm = LocalLLM(max_new_tokens=32)
@@ -305,8 +307,8 @@ class LocalLLM(LLM):
 
     def count_message_tokens(self, message: dict[str, Any]) -> int:
         """The tokens one message adds to a prompt: its text by the model's tokenizer plus the
-        chat template's turn markers for its role (measured once). Images are not shown to
-        this model and count nothing."""
+        chat template's turn markers for its role (measured once). This model reads no
+        images: an image part counts as the note that replaces it."""
         loaded = self._loaded or self._load_tokenizer()
         if message.get("tool_calls") and loaded.supports_tool_calls:
             return self._templated_tokens(loaded, message)  # the template's own call syntax
