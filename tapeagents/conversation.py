@@ -69,9 +69,10 @@ def render_prefixes(
     inverses: Mapping[int, LLMOutput] | None = None,
     *,
     images: bool = False,
-) -> dict[int, list[Unit]]:
+    flat: bool = False,
+) -> dict[int, list[Any]]:
     """The chat messages `node` renders for each prefix `steps[:end]`, one pass per agent view,
-    as the units a context policy keeps or drops whole (`messages` flattens them).
+    as the units a context policy keeps or drops whole (with `flat`, as messages).
 
     An `end` inside the steps of one model output is left out (the caller renders that prefix
     on its own). `inverses` holds outputs already computed, by the index of their first step.
@@ -82,10 +83,10 @@ def render_prefixes(
     by_view: dict[tuple[str, int], list[int]] = {}
     for end in sorted(set(ends)):
         by_view.setdefault(views.view(end), []).append(end)
-    result: dict[int, list[Unit]] = {}
+    result: dict[int, list[Any]] = {}
     for (path, start), view_ends in by_view.items():
         builder = _Builder(node, views, path, start, inverses or {}, images)
-        result.update(builder.run(view_ends))
+        result.update(builder.run(view_ends, flat=flat))
     return result
 
 
@@ -160,22 +161,27 @@ class _Builder:
         self.summary_at: int | None = None
         """Index of the unit of the last `Summary`: the units before it (the task aside) are
         not shown."""
+        self.messages: list[dict[str, Any]] = []
+        """The messages of `closed_units`, flat, without the unanswered calls (a new list at
+        each summary)."""
 
-    def run(self, ends: Sequence[int]) -> dict[int, list[Unit]]:
-        """Render the view up to the last of `ends` (ascending); the units at each end."""
+    def run(self, ends: Sequence[int], *, flat: bool = False) -> dict[int, list[Any]]:
+        """Render the view up to the last of `ends` (ascending); the units at each end (with
+        `flat`, their messages)."""
+        snapshot = self.closed if flat else lambda: list(self.closed_units())
         views = self.views
         first = max(self.start, 0)
         visible = [i for i in range(first, ends[-1]) if views.sees(self.path, self.start, i)]
-        snapshots: dict[int, list[Unit]] = {}
+        snapshots: dict[int, list[Any]] = {}
         pending = list(ends)
         for group in self.groups(visible):
             while pending and pending[0] <= group[0]:
-                snapshots[pending.pop(0)] = list(self.closed_units())
+                snapshots[pending.pop(0)] = snapshot()
             while pending and pending[0] <= group[-1]:  # inside this output: rendered on its own
                 pending.pop(0)
             self.add_group(group)
         for end in pending:
-            snapshots[end] = list(self.closed_units())
+            snapshots[end] = snapshot()
         return snapshots
 
     def groups(self, visible: Sequence[int]) -> Iterator[Sequence[int]]:
@@ -207,6 +213,8 @@ class _Builder:
             dict(self.calls),
             len(self.used_order),
             self.summary_at,
+            self.messages,
+            len(self.messages),
         )
 
     def rewind(self, mark: _Mark) -> None:
@@ -217,6 +225,8 @@ class _Builder:
             self.units[-1] = mark.last
         self.waiting, self.deferred, self.calls = mark.waiting, mark.deferred, mark.calls
         self.summary_at = mark.summary_at
+        self.messages = mark.messages
+        del self.messages[mark.messages_size :]
         for call_id in self.used_order[mark.used :]:
             self.used.discard(call_id)
         del self.used_order[mark.used :]
@@ -226,6 +236,11 @@ class _Builder:
         return self.views.steps
 
     # ------------------------------------------------------------------ messages
+
+    def closed(self) -> list[dict[str, Any]]:
+        """`closed_units`, as messages."""
+        unanswered = [_tool_message(call_id, NO_RESULT) for call_id in self.waiting.values()]
+        return self.messages + unanswered + self.deferred
 
     def closed_units(self) -> Sequence[Unit]:
         """The conversation so far, calls still waiting answered "no result", as units (the
@@ -251,13 +266,16 @@ class _Builder:
         self.waiting.clear()
         for deferred in self.deferred:
             self.units.append(Unit([deferred], observation=True))
+            self.messages.append(deferred)
         self.deferred.clear()
         pinned = not self.units and message["role"] == "user"  # the task
         self.units.append(Unit([message], observation=observation, pinned=pinned))
+        self.messages.append(message)
 
     def add_tool(self, message: dict[str, Any]) -> None:
         """Append a tool message to the block of the assistant message before it."""
         self.units[-1].messages.append(message)
+        self.messages.append(message)
         if not self.units[-1].observation:  # its results may be elided
             last = self.units[-1]
             self.units[-1] = Unit(last.messages, observation=True, pinned=last.pinned)
@@ -315,6 +333,9 @@ class _Builder:
                 {"role": "user", "content": f"[summary of the conversation so far]\n{first.text}"}
             )
             self.summary_at = len(self.units) - 1
+            first_unit = self.units[0]
+            kept = first_unit.messages if first_unit.pinned and self.summary_at > 0 else []
+            self.messages = [*kept, *self.units[-1].messages]
         elif isinstance(first, UnknownStep):
             self.add(
                 {"role": "user", "content": f"[{first.kind}] {first.llm_text()}"}, observation=True
@@ -367,19 +388,22 @@ class _Builder:
             return
         group = [steps[i] for i in indices]
         if from_model and len(shown) == len(indices) and all(node.offers(s) for s in group):
-            known = self.inverses.get(indices[0])
+            known = self.inverses.get(indices[0])  # the exporter built the answer already
             if node.mode == "json":
                 content = (known or node.inverse(group)).content
                 self.add({"role": "assistant", "content": content})
                 return
-            texts, parts = node.inverse_parts(group)
             place = {id(step): i for i, step in zip(indices, group, strict=True)}
+            if known is not None:
+                texts = [known.content] if known.content is not None else []
+                parts = list(zip(node.call_steps(group), known.tool_calls, strict=True))
+            else:
+                texts, parts = node.inverse_parts(group)
             requests = [(place[id(step)], step, request) for step, request in parts]
         else:
             texts, requests = self.foreign_parts(shown)
         calls = [
-            (step, request.model_copy(update={"id": self.call_id(step, i, request.id)}))
-            for i, step, request in requests
+            (step, self.call_id(step, i, request.id), request) for i, step, request in requests
         ]
         message: dict[str, Any] = {
             "role": "assistant",
@@ -388,20 +412,20 @@ class _Builder:
         if calls:
             message["tool_calls"] = [
                 {
-                    "id": request.id,
+                    "id": call_id,
                     "type": "function",
                     "function": {"name": request.name, "arguments": request.arguments},
                 }
-                for _, request in calls
+                for _, call_id, request in calls
             ]
         self.add(message)
-        for step, request in calls:
+        for step, call_id, _ in calls:
             if isinstance(step, Action | Call):
-                self.waiting[step.metadata.id] = request.id
+                self.waiting[step.metadata.id] = call_id
                 if isinstance(step, Call):
                     self.calls[step.agent_name] = step.metadata.id
             else:
-                self.add_tool(_tool_message(request.id, ACK))
+                self.add_tool(_tool_message(call_id, ACK))
 
     def foreign_parts(
         self, indices: Sequence[int]
@@ -440,6 +464,8 @@ class _Mark:
     calls: dict[str, str]
     used: int
     summary_at: int | None
+    messages: list[dict[str, Any]]
+    messages_size: int
 
 
 class _Joined(Sequence[Unit]):

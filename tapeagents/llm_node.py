@@ -273,7 +273,7 @@ class LLMNode(Node):
         agent's view of them, always a valid conversation (see `tapeagents.conversation`).
         With `images`, images of observations are image parts, else notes."""
         steps = tape.steps[:end] if end is not None else tape.steps
-        return messages(render_prefixes(self, steps, [len(steps)], images=images)[len(steps)])
+        return render_prefixes(self, steps, [len(steps)], images=images, flat=True)[len(steps)]
 
     def fit(
         self,
@@ -409,16 +409,22 @@ class LLMNode(Node):
         self, steps: Sequence[Step]
     ) -> tuple[list[str], list[tuple[Step, ToolCallRequest]]]:
         """Tools mode `inverse`: the message texts, and each step written as a tool call."""
+        calls = self.call_steps(steps)
+        called = {id(step) for step in calls}
+        texts = [self.content_text(step) for step in steps if id(step) not in called]
+        return texts, [(step, self.tool_request(step)) for step in calls]
+
+    def call_steps(self, steps: Sequence[Step]) -> list[Step]:
+        """The steps of one answer that tools-mode `inverse` writes as tool calls, in order:
+        all but the text and the thought (a thought alone, which `parse` reads back only from
+        a call of its tool, is a call too when the node offers it)."""
         acts = any(not self.is_content(step) for step in steps)
-        texts: list[str] = []
-        calls: list[tuple[Step, ToolCallRequest]] = []
-        for step in steps:
-            alone = type(step) is self.thought_step and not acts and step.kind in self.step_types
-            if self.is_content(step) and not alone:
-                texts.append(self.content_text(step))
-            else:  # (a thought alone is only parsed back from a call of its tool)
-                calls.append((step, self.tool_request(step)))
-        return texts, calls
+        return [
+            step
+            for step in steps
+            if not self.is_content(step)
+            or (type(step) is self.thought_step and not acts and step.kind in self.step_types)
+        ]
 
     def tool_request(self, step: Step) -> ToolCallRequest:
         """The step as the tool call a model writes for it (the model's id when it gave one)."""

@@ -43,7 +43,8 @@ def prefix_prompts(
     llm = agent.llms.get(node.llm)
     images = llm is not None and llm.supports_images  # as `make_prompt` shows them
     steps = tape.steps[: max(ends, default=0)]
-    rendered = render_prefixes(node, steps, ends, inverses, images=images)
+    cut = llm is not None and llm.context_window is not None and node.context is not None
+    rendered = render_prefixes(node, steps, ends, inverses, images=images, flat=not cut)
     tools = node.prompt_tools()
     system_reads_steps = agent.templates.reads(node.system_prompt, "tape")
     system: list[dict[str, Any]] | None = None
@@ -56,7 +57,9 @@ def prefix_prompts(
             made = node.system_messages(agent, _prefix(tape, end))
             if made != system:  # an unchanged system message stays the same dict
                 system = made
-        conversation = node.fit(llm, system, rendered[end], tools)
+        conversation = (
+            node.fit(llm, system, rendered[end], tools) if cut else system + rendered[end]
+        )
         prompts.append(node.prompt(conversation, tools))
     return prompts
 
