@@ -304,6 +304,10 @@ class _Builder:
             or recorded == f"call_{step.metadata.id[:24]}"  # no id from the model: a random one
         ):
             recorded = f"call_t{index}"
+            suffix = 1
+            while recorded in self.used:  # several calls of one step (a node's own format)
+                recorded = f"call_t{index}_{suffix}"
+                suffix += 1
         self.used.add(recorded)
         self.used_order.append(recorded)
         return recorded
@@ -394,16 +398,25 @@ class _Builder:
                 self.add({"role": "assistant", "content": content})
                 return
             place = {id(step): i for i, step in zip(indices, group, strict=True)}
+            if known is None and node.own_inverse:
+                known = node.inverse(group)  # a node's own format: its calls need not be steps
+            parts: Sequence[tuple[Step | None, ToolCallRequest]]
             if known is not None:
                 texts = [known.content] if known.content is not None else []
-                parts = list(zip(node.call_steps(group), known.tool_calls, strict=True))
+                called: list[Step | None] = list(node.call_steps(group))
+                if len(called) != len(known.tool_calls):  # calls that are no steps: "recorded"
+                    called = [None] * len(known.tool_calls)
+                parts = list(zip(called, known.tool_calls, strict=True))
             else:
                 texts, parts = node.inverse_parts(group)
-            requests = [(place[id(step)], step, request) for step, request in parts]
+            requests: Sequence[tuple[int, Step | None, ToolCallRequest]] = [
+                (place[id(step)] if step else indices[0], step, request) for step, request in parts
+            ]
         else:
             texts, requests = self.foreign_parts(shown)
         calls = [
-            (step, self.call_id(step, i, request.id), request) for i, step, request in requests
+            (step, self.call_id(step or group[0], i, request.id), request)
+            for i, step, request in requests
         ]
         message: dict[str, Any] = {
             "role": "assistant",
@@ -420,7 +433,7 @@ class _Builder:
             ]
         self.add(message)
         for step, call_id, _ in calls:
-            if isinstance(step, Action | Call):
+            if isinstance(step, Action | Call) and step.metadata.id not in self.waiting:
                 self.waiting[step.metadata.id] = call_id
                 if isinstance(step, Call):
                     self.calls[step.agent_name] = step.metadata.id

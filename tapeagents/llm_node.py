@@ -405,6 +405,11 @@ class LLMNode(Node):
             tool_calls=[request for _, request in calls],
         )
 
+    @property
+    def own_inverse(self) -> bool:
+        """Whether a subclass writes its own `inverse` (its own answer format)."""
+        return type(self).inverse is not LLMNode.inverse
+
     def inverse_parts(
         self, steps: Sequence[Step]
     ) -> tuple[list[str], list[tuple[Step, ToolCallRequest]]]:

@@ -27,7 +27,7 @@ from tapeagents import (
     UserMessage,
     run_sync,
 )
-from tapeagents.llms import LLMOutput, ScriptedLLM, tool_call
+from tapeagents.llms import LLMOutput, Prompt, ScriptedLLM, tool_call
 
 
 def lookup(city: str) -> str:
@@ -284,3 +284,59 @@ def test_tool_results_reach_the_model_even_for_errors() -> None:
     result_step = result.tape.steps[2]
     assert isinstance(result_step, ToolResult) and result_step.error == "RuntimeError: disk full"
     assert json.dumps(llm.prompts[1].messages).count("disk full") == 1
+
+
+class CommandNode(LLMNode):
+    """Reads answers in its own text format, `CALL <tool> <city>`, instead of tool calls."""
+
+    def parse(self, output: LLMOutput) -> list:
+        text = output.content or ""
+        if text.startswith("CALL "):
+            _, name, city = text.split(" ", 2)
+            return [ToolCall(name=name, arguments={"city": city})]
+        return [AssistantMessage(content=text)]
+
+    def inverse(self, steps) -> LLMOutput:
+        (step,) = steps
+        if isinstance(step, ToolCall):
+            return LLMOutput(content=f"CALL {step.name} {step.arguments['city']}")
+        return LLMOutput(content=step.content)
+
+
+def test_a_custom_parse_and_inverse_work_in_tools_mode() -> None:
+    llm = ScriptedLLM(["CALL lookup Oslo", "It is sunny."])
+    node = CommandNode(steps=[AssistantMessage], tools=env.tools)
+    result = run_sync(Agent("cmd", nodes=[node], llms=llm), "Weather?", env)
+    assert result.tape.kinds() == ["user", "tool_call", "tool_result", "assistant"]
+    messages = node.make_prompt(Agent("cmd", nodes=[node], llms=llm), result.tape).messages
+    assert [m["role"] for m in messages] == ["user", "assistant", "user", "assistant"]
+    assert messages[1]["content"] == "CALL lookup Oslo"  # written in the node's own format
+    assert messages[2]["content"] == "[tool_result] sunny in Oslo"
+
+
+def test_steps_a_custom_node_yields_after_its_llm_call_are_linked_to_it() -> None:
+    class Asks(Node):
+        async def generate(self, agent, tape):
+            call = await agent.llm().call(Prompt(messages=[{"role": "user", "content": "hi"}]))
+            yield call
+            yield Reasoning(text=call.output.content or "")
+            yield SetNextNode(next_node="asks")  # routing: never linked
+
+    result = run_sync(
+        Agent("a", nodes=[Asks("asks")], llms=ScriptedLLM(["hello"])), "x", max_steps=2
+    )
+    reasoning, routing = result.tape.steps[1:3]
+    assert reasoning.metadata.llm_call_id is not None and routing.metadata.llm_call_id is None
+
+
+def test_a_hand_written_set_next_node_steers_the_agent_holding_the_tape() -> None:
+    agent = Agent(
+        "flow",
+        nodes=[
+            Emit("first", lambda t: Reasoning(text="first")),
+            Emit("second", lambda t: Reasoning(text="second")),
+            Emit("third", lambda t: Reasoning(text="third")),
+        ],
+    )
+    tape = Tape(steps=[UserMessage(content="go"), SetNextNode(next_node="third")])
+    assert agent.plan(tape)[1].name == "third"

@@ -16,6 +16,8 @@ from tapeagents import (
     UserMessage,
     run_sync,
 )
+from tapeagents.context import validate_chat
+from tapeagents.conversation import output_groups
 from tapeagents.export import (
     ExportError,
     ExportReport,
@@ -24,7 +26,6 @@ from tapeagents.export import (
     training_examples,
 )
 from tapeagents.export.prefixes import prefix_prompts
-from tapeagents.llm_node import output_groups
 from tapeagents.llms import Prompt, ScriptedLLM
 from tapeagents.store import TapeStore
 from tests.export.agents import (
@@ -69,6 +70,17 @@ def test_subagent_outputs_are_rebuilt_with_the_subagents_nodes(store: TapeStore)
     examples = tape_examples(tape, agent)
     assert [e.agent for e in examples] == ["boss", "boss/helper", "boss"]
     assert examples[1].prompt.messages[0]["content"] == "You help."
+    # each example is its agent's view: the helper sees its task, not the user's conversation;
+    # the boss sees its call answered by the helper's response, not the helper's work
+    call = tape.steps[1]
+    assert [(m["role"], m["content"]) for m in examples[1].prompt.messages[1:]] == [
+        ("user", call.content)  # type: ignore[attr-defined]
+    ]
+    boss_view = examples[2].prompt.messages
+    assert [m["role"] for m in boss_view] == ["system", "user", "assistant", "tool"]
+    assert boss_view[3]["content"] == tape.steps[2].content  # type: ignore[attr-defined]
+    for example in examples:
+        validate_chat(example.prompt.messages, example.prompt.tools)
     report = check_exact(tape, agent, store)
     assert report.exact and report.checked == 3, report.explain()
 
