@@ -148,7 +148,7 @@ async def test_the_teacher_thinks_then_acts_and_its_tapes_export_exactly(tmp_pat
     dialogue = await run_dialogue(teacher, goal, max_turns=1, store=store)
     kinds = dialogue.tape.kinds()
     assert kinds[:4] == ["user", "reasoning", "find_form", "form_candidates"]
-    assert kinds[-3:] == ["reasoning", "assistant", "ask_user"]
+    assert kinds[-3:] == ["reasoning", "reasoning", "ask_user"]  # text beside a call: a thought
     act_prompt = llm.prompts[-1]
     assert {t["function"]["name"] for t in act_prompt.tools} >= {"set_field", "submit_form"}
     assert '"reservation_code"' in act_prompt.messages[0]["content"]  # the open form's schema
