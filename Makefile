@@ -25,7 +25,7 @@ $(VENV)/.local: $(VENV)/.base
 	touch $@
 
 $(VENV)/.dev: $(VENV)/.local
-	$(PIP) install -q -e '.[local,litellm,postgres,studio,browser,finetune,ray,dev]'
+	$(PIP) install -q -e '.[local,litellm,postgres,studio,browser,finetune,ray,eval,dev]'
 	$(PIP) install -q --no-deps miniwob
 	touch $@
 

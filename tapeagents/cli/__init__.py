@@ -10,6 +10,7 @@ from __future__ import annotations
 import typer
 
 from tapeagents.cli import batch, db, miniwob, run, serve, studio, tapes
+from tapeagents.cli import eval as eval_command
 from tapeagents.cli import export as export_command
 from tapeagents.cli import finetune as finetune_command
 from tapeagents.cli.common import Group
@@ -31,6 +32,7 @@ app.add_typer(batch.app)
 app.add_typer(studio.app)
 app.add_typer(serve.app)
 app.add_typer(miniwob.app)
+app.add_typer(eval_command.app, name="eval", rich_help_panel="Training and evaluation")
 app.add_typer(db.app, name="db", rich_help_panel="Database")
 
 
