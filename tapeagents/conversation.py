@@ -14,6 +14,11 @@
 - Every assistant message with tool calls is followed, before any other message, by one tool
   message per call: the observation of an action, the `Respond` to a `Call`, "recorded" for a
   step the model emitted as a tool call, or "no result" for a call the conversation went past.
+- A `Summary` (see `tapeagents.context.Summarize`) stands in for the steps before it, the task
+  aside. Images of observations are image parts for models that read them, a note for others.
+- Messages are kept in units (an assistant message with its tool messages, or one message), the
+  pieces a context policy keeps or drops whole; `Conversations` extends a growing tape's
+  rendering with its new steps only.
 """
 
 from __future__ import annotations
