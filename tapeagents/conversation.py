@@ -253,7 +253,7 @@ class _Builder:
         units: Sequence[Unit] = self.units
         if self.summary_at is not None:  # the task, then the summary and what came after
             lead = 1 if self.units[0].pinned and self.summary_at > 0 else 0
-            units = _Joined(self.units[:lead], lead, _Tail(self.units, self.summary_at))
+            units = _Joined(self.units, lead, self.units, self.summary_at)
         if not self.waiting and not self.deferred:
             return units
         unanswered = [_tool_message(call_id, NO_RESULT) for call_id in self.waiting.values()]
@@ -487,13 +487,16 @@ class _Mark:
 
 
 class _Joined(Sequence[Unit]):
-    """The first `keep` units of a list followed by others, without copying the list."""
+    """The first `keep` units of `units`, then the units of `rest` from `skip` on, without
+    copying either list."""
 
-    def __init__(self, units: Sequence[Unit], keep: int, tail: Sequence[Unit]) -> None:
-        self._units, self._keep, self._tail = units, keep, tail
+    def __init__(
+        self, units: Sequence[Unit], keep: int, rest: Sequence[Unit], skip: int = 0
+    ) -> None:
+        self._units, self._keep, self._rest, self._skip = units, keep, rest, skip
 
     def __len__(self) -> int:
-        return self._keep + len(self._tail)
+        return self._keep + len(self._rest) - self._skip
 
     @overload
     def __getitem__(self, index: int) -> Unit: ...
@@ -506,30 +509,9 @@ class _Joined(Sequence[Unit]):
             index += len(self)
         if not 0 <= index < len(self):
             raise IndexError(index)
-        return self._units[index] if index < self._keep else self._tail[index - self._keep]
-
-
-class _Tail(Sequence[Unit]):
-    """The units of a list from `start` on, without copying them."""
-
-    def __init__(self, units: Sequence[Unit], start: int) -> None:
-        self._units, self._start = units, start
-
-    def __len__(self) -> int:
-        return len(self._units) - self._start
-
-    @overload
-    def __getitem__(self, index: int) -> Unit: ...
-    @overload
-    def __getitem__(self, index: slice) -> Sequence[Unit]: ...
-    def __getitem__(self, index: int | slice) -> Unit | Sequence[Unit]:
-        if isinstance(index, slice):
-            return [self[i] for i in range(*index.indices(len(self)))]
-        if index < 0:
-            index += len(self)
-        if not 0 <= index < len(self):
-            raise IndexError(index)
-        return self._units[self._start + index]
+        if index < self._keep:
+            return self._units[index]
+        return self._rest[index - self._keep + self._skip]
 
 
 class Conversations:
@@ -580,7 +562,7 @@ class _Rendering:
         """Render the steps appended since the last call; False if the tape is not one
         conversation or is not an extension of the steps seen."""
         seen = len(self.seen)
-        if seen > len(steps) or list(steps[:seen]) != self.seen:
+        if seen > len(steps) or steps[:seen] != self.seen:
             return False
         if any(isinstance(step, Call | Respond) for step in steps[seen:]):
             return False

@@ -24,7 +24,7 @@ from tapeagents.context import (
     Unit,
     fit_context,
 )
-from tapeagents.conversation import Conversations, messages, output_groups, render_prefixes
+from tapeagents.conversation import Conversations, messages, output_groups
 from tapeagents.environment import ToolSpec
 from tapeagents.errors import LLMError, UsageError
 from tapeagents.llms import LLM, LLMCall, LLMOutput, Prompt, ToolCallRequest
@@ -265,15 +265,6 @@ class LLMNode(Node):
 
     def prompt_tools(self) -> list[dict[str, Any]] | None:
         return self.tool_schemas() if self.mode == "tools" and self.tool_schemas() else None
-
-    def tape_messages(
-        self, tape: Tape[Any, Any], end: int | None = None, *, images: bool = False
-    ) -> list[dict[str, Any]]:
-        """The first `end` steps of the tape (default: all) as this node's chat messages: its
-        agent's view of them, always a valid conversation (see `tapeagents.conversation`).
-        With `images`, images of observations are image parts, else notes."""
-        steps = tape.steps[:end] if end is not None else tape.steps
-        return render_prefixes(self, steps, [len(steps)], images=images, flat=True)[len(steps)]
 
     def fit(
         self,

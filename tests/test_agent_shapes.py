@@ -13,7 +13,7 @@ import pytest
 
 from tapeagents import Agent, Tape, ToolCall, ToolResult
 from tapeagents.agent import NodeOutput
-from tapeagents.context import validate_chat
+from tapeagents.chat_rules import validate_chat
 from tapeagents.llms import CachedLLM
 from tapeagents.replay import assert_replays, replay_sync
 from tapeagents.store import TapeStore

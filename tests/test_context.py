@@ -9,17 +9,16 @@ from typing import Any
 
 import pytest
 
+from tapeagents.chat_rules import InvalidChat, validate_chat
 from tapeagents.context import (
     ContextOverflow,
     ContextPolicy,
     ElideObservations,
     FailOnOverflow,
-    InvalidChat,
     KeepLast,
     Unit,
     fit_context,
     units_from_messages,
-    validate_chat,
 )
 from tapeagents.errors import LLMError, UsageError
 from tapeagents.llms import CachedLLM, ReplayLLM, ScriptedLLM, TestLLM

@@ -33,7 +33,7 @@ from tapeagents import (
     UserMessage,
     run_sync,
 )
-from tapeagents.context import validate_chat
+from tapeagents.chat_rules import validate_chat
 from tapeagents.export.prefixes import prefix_prompts
 from tapeagents.llms import ScriptedLLM
 from tapeagents.steps import (

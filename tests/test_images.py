@@ -19,7 +19,7 @@ from typing import Any, ClassVar, Literal
 import pytest
 
 from tapeagents import Agent, AssistantMessage, LLMNode, Observation, Tape, UserMessage, run
-from tapeagents.context import validate_chat
+from tapeagents.chat_rules import validate_chat
 from tapeagents.environment import Environment, ToolSpec
 from tapeagents.export import (
     ExportReport,

@@ -19,7 +19,8 @@ from tapeagents import (
     UserMessage,
     run_sync,
 )
-from tapeagents.context import ElideObservations, FailOnOverflow, KeepLast, validate_chat
+from tapeagents.chat_rules import validate_chat
+from tapeagents.context import ElideObservations, FailOnOverflow, KeepLast
 from tapeagents.llms import LLMOutput, Prompt, ScriptedLLM, tool_call
 from tapeagents.llms.base import estimate_prompt_tokens
 from tapeagents.replay import assert_replays

@@ -20,7 +20,7 @@ from tapeagents import (
     run,
     run_sync,
 )
-from tapeagents.context import validate_chat
+from tapeagents.chat_rules import validate_chat
 from tapeagents.llms import LLMOutput, OpenAICompatLLM, Prompt, ScriptedLLM, tool_call
 from tapeagents.orchestrator import Finished
 from tests.batch.openai_stub import Stub, serve

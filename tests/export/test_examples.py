@@ -16,7 +16,7 @@ from tapeagents import (
     UserMessage,
     run_sync,
 )
-from tapeagents.context import validate_chat
+from tapeagents.chat_rules import validate_chat
 from tapeagents.conversation import output_groups
 from tapeagents.export import (
     ExportError,

@@ -16,7 +16,7 @@ from tapeagents.environments.browser import (
 )
 
 from tapeagents import Tape, run
-from tapeagents.context import validate_chat
+from tapeagents.chat_rules import validate_chat
 from tapeagents.llms import LLMOutput, Prompt, ScriptedLLM, tool_call
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
